@@ -1,0 +1,2505 @@
+"""Run, Forrest, run: many isolated processes from one slow loop, and nothing lost.
+
+Wrap calls in `defer`, `schedule` the resulting task graphs on a `TaskList`,
+and iterate over `TaskList.run`. Every task runs in a fresh process of its
+own, in a process group of its own, so that it can raise, crash, hang, leak
+or flood its output without harming anything but itself.
+
+A task is a file, and its life is a walk through the task list's directory::
+
+    defer(f, x) ─► Task graph ─ schedule() ─► DIR/todo/00000001-f.pkl
+                                                   │
+                          run(): one process per task, at most N at once
+                          python -m runforrest todo/00000001-f.pkl collect/00000001-f.pkl
+                          (its stdout and stderr go to DIR/output/00000001-f.log)
+                                                   │
+                              the result, or, if the process died without one,
+                              the supervisor's record of how it died
+                                                   ▼
+                                    DIR/collect/00000001-f.pkl
+                                                   │ the driver files it and yields it
+                                                   ▼
+                           DIR/done/00000001-f.pkl  or  DIR/fail/00000001-f.pkl
+
+Every file appears atomically (written aside, then renamed), and a result is
+on disk before the task leaves todo/, so a crash of a task, of the driver or
+of the machine loses nothing: the next run files what reached collect/ and
+runs again what did not.
+
+The module reads in that order: errors, the task graph, the file format, the
+store (`TaskList`), the task process, the supervisor that starts and polices
+task processes, the driver (`Run`), conveniences (`pmap`, progress), backends
+for more than one machine (`Slurm`, executors such as Dask), and the command
+line.
+"""
+
+# Only what a task process needs is imported here; the driver's tools are
+# imported where they are used, so that a task process starts fast.
+import os
+import pickle
+import sys
+import time
+
+__version__ = '1.0.0'
+
+__all__ = [
+    'defer', 'evaluate', 'Task', 'Call', 'Value', 'Item', 'Attribute',
+    'TaskList', 'Run', 'pmap', 'execute', 'Slurm',
+    'RunforrestError', 'TaskListError', 'TaskListExists', 'NotATaskList',
+    'TaskListBusy', 'TaskFileError', 'NotPicklable', 'TaskFailure',
+    'TaskCrashed', 'TaskKilled', 'TaskTimeout', 'TaskOutOfMemory',
+    'TaskLost', 'UnpicklableResult', 'UnpicklableException',
+]
+
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+class RunforrestError(Exception):
+    """Base class of every error that runforrest raises or records.
+
+    Keyword arguments become attributes, and survive pickling:
+
+    >>> RunforrestError('boom', exitcode=3).exitcode
+    3
+    """
+
+    def __init__(self, message='', **details):
+        super().__init__(message)
+        self.__dict__.update(details)
+
+
+class TaskListError(RunforrestError):
+    """A task list directory cannot be used as asked."""
+
+
+class TaskListExists(TaskListError, FileExistsError):
+    """The directory exists and `exist_ok` was not given."""
+
+
+class NotATaskList(TaskListError):
+    """The directory exists but holds something other than a task list."""
+
+
+class TaskListBusy(TaskListError):
+    """Another driver is running this task list right now."""
+
+
+class TaskFileError(TaskListError):
+    """A task file is missing, truncated, corrupt, or cannot be loaded.
+
+    Attributes: `path` (the file) and `reason` (what is wrong with it).
+    """
+
+
+class NotPicklable(RunforrestError, TypeError):
+    """A function, argument or task cannot be pickled, so it cannot travel
+    to another process. Attribute: `type_name`."""
+
+
+class TaskFailure(RunforrestError):
+    """Recorded as `errorvalue` when a task failed without raising an
+    exception of its own."""
+
+
+class TaskCrashed(TaskFailure):
+    """The task's process ended without a result: killed by a signal
+    (attribute `signal`, e.g. 'SIGSEGV') or exited (attribute `exitcode`)."""
+
+
+class TaskKilled(TaskFailure):
+    """runforrest killed the task's process group."""
+
+
+class TaskTimeout(TaskKilled, TimeoutError):
+    """Killed because it ran longer than `autokill` seconds (`seconds`)."""
+
+
+class TaskOutOfMemory(TaskKilled, MemoryError):
+    """Killed because its process group used more than `memory_limit`
+    bytes (`limit`, and `used` as last measured)."""
+
+
+class TaskLost(TaskFailure):
+    """A cluster job ended without a result (cancelled, node failure, or
+    killed by the scheduler); `state` and `reason` say what SLURM or the
+    executor reported."""
+
+
+class UnpicklableResult(TaskFailure):
+    """The task returned something that cannot be pickled (`type_name`)."""
+
+
+class UnpicklableException(TaskFailure):
+    """Stands in for an exception that could not be pickled: it keeps its
+    `type_name` and `message`; the task's `traceback` is kept as well."""
+
+
+# ---------------------------------------------------------------------------
+# The task graph
+# ---------------------------------------------------------------------------
+
+class Task:
+    """A lazy value: a deferred call, a piece of data, or a part of another task.
+
+    Indexing, attribute access and calls on a task build new tasks; nothing
+    runs until the graph is evaluated:
+
+    >>> task = defer(dict, value=[1, 2])
+    >>> evaluate(task['value'][1])
+    2
+
+    Names starting with an underscore are not deferred (they belong to
+    Python's protocols), and neither are the names of a task's outcome:
+    `metadata`, `returnvalue`, `errorvalue`, `traceback`, `runtime` and
+    `taskname`, which are set on tasks that come back from a `TaskList`. To
+    defer access to an attribute of one of those names, use
+    `defer(getattr, task, 'returnvalue')`.
+
+    Tasks compare equal when they are the same task, also after a trip
+    through the task list's files.
+    """
+
+    metadata = None
+    returnvalue = None
+    errorvalue = None
+    traceback = None
+    runtime = None
+    taskname = None
+
+    def __init__(self, fun, args=(), kwargs=None):
+        self._fun = fun
+        self._args = tuple(args)
+        self._kwargs = dict(kwargs or {})
+        self._key = os.urandom(8).hex()
+
+    def __getattr__(self, name):
+        if name.startswith('_'):
+            raise AttributeError(name)
+        return Attribute(self, name)
+
+    def __getitem__(self, key):
+        return Item(self, key)
+
+    def __call__(self, *args, **kwargs):
+        return Call(self, *_lift_arguments(args, kwargs))
+
+    def __iter__(self):
+        raise TypeError('a task is not iterable until it has run; '
+                        'index it instead: task[0], task[1], ...')
+
+    def __eq__(self, other):
+        return isinstance(other, Task) and other._key == self._key
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __reduce__(self):
+        return _rebuild, (_flatten(self),)
+
+    def __repr__(self):
+        return f'<{type(self).__name__} {_describe(self)}>'
+
+    def _dependencies(self):
+        values = (self._fun, *self._args, *self._kwargs.values())
+        return [value for value in values if isinstance(value, Task)]
+
+    def _compute(self, value_of):
+        return value_of(self._fun)(*map(value_of, self._args),
+                                   **{key: value_of(value)
+                                      for key, value in self._kwargs.items()})
+
+
+class Call(Task):
+    """A deferred call `fun(*args, **kwargs)`; any of them may be tasks."""
+
+
+class Value(Task):
+    """Plain data, as a task: `defer(42)`."""
+
+    def __init__(self, value):
+        super().__init__(_identity, (value,))
+
+
+class Item(Task):
+    """`task[key]`, deferred."""
+
+    def __init__(self, parent, key):
+        super().__init__(_getitem, (parent, key))
+
+
+class Attribute(Task):
+    """`task.name`, deferred."""
+
+    def __init__(self, parent, name):
+        super().__init__(getattr, (parent, name))
+
+
+def _identity(value):
+    return value
+
+
+def _getitem(container, key):
+    return container[key]
+
+
+def _build(kind, *items):
+    return kind(items)
+
+
+def _build_dict(*pairs):
+    return dict(pairs)
+
+
+def defer(fun, *args, **kwargs):
+    """A task that calls `fun(*args, **kwargs)` when it runs.
+
+    Arguments may be tasks, also inside lists, tuples and dicts; they are
+    evaluated first. With a single argument that is not callable, `defer`
+    wraps plain data:
+
+    >>> evaluate(defer(lambda x: x + 1, defer(41)))
+    42
+
+    Everything must be picklable (with dill), since the task will run in
+    another process; `NotPicklable` says which argument is not.
+    """
+    if isinstance(fun, Task) and not args and not kwargs:
+        return fun
+    if not callable(fun):
+        if args or kwargs:
+            raise TypeError(f'defer() calls its first argument, but '
+                            f'{type(fun).__name__} {_abbreviate(fun)} is not '
+                            f'callable; to wrap plain data, use defer(data) '
+                            f'with no further arguments')
+        _check_picklable(fun, 'the data')
+        return Value(fun)
+    if not isinstance(fun, Task):
+        _check_picklable(fun, f'the function {_abbreviate(fun)}')
+    for position, arg in enumerate(args):
+        if not isinstance(arg, Task):
+            _check_picklable(arg, f'argument {position} of {_abbreviate(fun)}')
+    for name, arg in kwargs.items():
+        if not isinstance(arg, Task):
+            _check_picklable(arg, f'argument {name}= of {_abbreviate(fun)}')
+    return Call(fun, *_lift_arguments(args, kwargs))
+
+
+def _lift_arguments(args, kwargs):
+    return tuple(map(_lift, args)), {key: _lift(value) for key, value in kwargs.items()}
+
+
+def _lift(value):
+    """Turn lists, tuples and dicts that hold tasks into tasks that build them."""
+    if type(value) is dict:
+        lifted = {key: _lift(item) for key, item in value.items()}
+        if any(isinstance(item, Task) for item in lifted.values()):
+            return Call(_build_dict, tuple(Call(tuple, ((key, item),))
+                                           for key, item in lifted.items()))
+        return value
+    if type(value) in (list, tuple):
+        lifted = [_lift(item) for item in value]
+        if any(isinstance(item, Task) for item in lifted):
+            return Call(_build, (type(value), *lifted))
+    return value
+
+
+def _postorder(root):
+    """Every task of root's graph once, each after the tasks it depends on.
+
+    Iterative, so that a chain 100,000 tasks deep meets no recursion limit.
+    """
+    seen = set()
+    stack = [root]
+    while stack:
+        task = stack[-1]
+        if task._key in seen:
+            stack.pop()
+            continue
+        missing = [dep for dep in task._dependencies() if dep._key not in seen]
+        if missing:
+            stack.extend(missing)
+            continue
+        stack.pop()
+        seen.add(task._key)
+        yield task
+
+
+def evaluate(task):
+    """Run a task graph in this process and return its value.
+
+    A sub-task that appears several times runs once. Anything that is not
+    a task evaluates to itself.
+    """
+    if not isinstance(task, Task):
+        return task
+    values = {}
+
+    def value_of(value):
+        return values[value._key] if isinstance(value, Task) else value
+
+    for node in _postorder(task):
+        values[node._key] = node._compute(value_of)
+    return values[task._key]
+
+
+class _Ref(int):
+    """Position of a task in a flattened graph."""
+
+
+def _flatten(root):
+    """root's graph as a flat list of nodes, children first, each task
+    replaced by its position: pickling it then needs no recursion."""
+    position = {}
+    nodes = []
+    for task in _postorder(root):
+        def ref(value):
+            return _Ref(position[value._key]) if isinstance(value, Task) else value
+        nodes.append((type(task), task._key, ref(task._fun),
+                      tuple(map(ref, task._args)),
+                      {key: ref(value) for key, value in task._kwargs.items()}))
+        position[task._key] = len(nodes) - 1
+    return nodes
+
+
+def _rebuild(nodes):
+    tasks = []
+
+    def deref(value):
+        return tasks[value] if type(value) is _Ref else value
+
+    for cls, key, fun, args, kwargs in nodes:
+        task = cls.__new__(cls)
+        task.__dict__.update(_fun=deref(fun), _args=tuple(map(deref, args)),
+                             _kwargs={k: deref(v) for k, v in kwargs.items()},
+                             _key=key)
+        tasks.append(task)
+    return tasks[-1]
+
+
+def _describe(task, depth=2):
+    """A short, readable rendering of a task, such as `dostuff(prepare(1)[1])`."""
+    if depth < 0:
+        return '…'
+    show = (lambda value: _describe(value, depth - 1) if isinstance(value, Task)
+            else _abbreviate(value))
+    if isinstance(task, Value):
+        return _abbreviate(task._args[0])
+    if isinstance(task, Item):
+        return f'{show(task._args[0])}[{show(task._args[1])}]'
+    if isinstance(task, Attribute):
+        return f'{show(task._args[0])}.{task._args[1]}'
+    arguments = [show(arg) for arg in task._args]
+    arguments += [f'{key}={show(value)}' for key, value in task._kwargs.items()]
+    return f'{show(task._fun)}({", ".join(arguments)})'
+
+
+def _abbreviate(value, width=60):
+    if callable(value) and hasattr(value, '__qualname__'):
+        text = value.__qualname__
+    else:
+        try:
+            text = repr(value)
+        except Exception:
+            text = f'<{type(value).__name__}>'
+    return text if len(text) <= width else text[:width - 1] + '…'
+
+
+def _label(task):
+    """A name for task files: the function that the graph's root calls."""
+    while not isinstance(task, Value) and task._fun in (_getitem, getattr):
+        task = task._args[0]
+    if isinstance(task, Value):
+        name = 'value'
+    else:
+        fun = task._fun
+        while isinstance(fun, Task):
+            fun = fun._args[-1] if isinstance(fun, Attribute) else fun._fun
+        name = fun if isinstance(fun, str) else getattr(fun, '__name__', type(fun).__name__)
+    name = ''.join(c if c.isalnum() or c == '_' else '_' for c in str(name)).strip('_')
+    return name[:40] or 'task'
+
+
+# ---------------------------------------------------------------------------
+# The file format
+# ---------------------------------------------------------------------------
+#
+# A task file is three pickles in a row:
+#   1. a header of builtins only (state, sizes, error summary, runtime, the
+#      driver's sys.path and directory), which can be read without importing
+#      anything the task needs;
+#   2. the record {'task': ..., 'metadata': ...}, `record_size` bytes long,
+#      copied unchanged from todo/ to done/ or fail/;
+#   3. in results only, the outcome: {'returnvalue': ...} or
+#      {'errorvalue': ..., 'traceback': ...}.
+
+FORMAT = 1
+_MAIN_MODULE = '__main__'
+
+
+class _FastPickler(pickle.Pickler):
+    """The C pickler, refusing what only dill can carry to a task process:
+    functions and classes of __main__ (which is runforrest in the task)."""
+
+    def reducer_override(self, obj):
+        if (isinstance(obj, type) or callable(obj)) and \
+                getattr(obj, '__module__', None) == _MAIN_MODULE:
+            raise pickle.PicklingError('defined in __main__')
+        return NotImplemented
+
+
+class _Discard:
+    """A file that forgets what it is given, for checking picklability."""
+
+    def write(self, data):
+        return len(data)
+
+    def tell(self):
+        return 0
+
+    def seek(self, position):
+        pass
+
+    def truncate(self):
+        pass
+
+
+def _dump(obj, file):
+    """Pickle obj into file: with the fast C pickler where it can, with dill
+    where it must (lambdas, closures, objects of __main__)."""
+    start = file.tell()
+    try:
+        _FastPickler(file, pickle.HIGHEST_PROTOCOL).dump(obj)
+        return
+    except Exception:
+        file.seek(start)
+        file.truncate()
+    import dill
+    try:
+        dill.Pickler(file, pickle.HIGHEST_PROTOCOL, recurse=True).dump(obj)
+    except Exception as error:
+        file.seek(start)
+        file.truncate()
+        raise NotPicklable(f'{type(obj).__name__} cannot be pickled: {error}',
+                           type_name=type(obj).__name__) from None
+
+
+def _dumps(obj):
+    import io
+    buffer = io.BytesIO()
+    _dump(obj, buffer)
+    return buffer.getvalue()
+
+
+def _check_picklable(obj, what):
+    try:
+        _dump(obj, _Discard())
+    except NotPicklable as error:
+        raise NotPicklable(
+            f'cannot defer {what}: {error}. A task travels to its process as '
+            f'a pickle; pass something picklable instead (a file name rather '
+            f'than an open file, say), or create it inside the task',
+            type_name=error.type_name) from None
+
+
+def _write_atomically(path, write, durable=True, replace=True):
+    """Write a file through a hidden temporary file, so that nobody ever sees
+    half of it. durable: on disk before it appears. replace=False: never
+    overwrite an existing file (FileExistsError instead)."""
+    directory, base = os.path.split(path)
+    temporary = os.path.join(directory, f'.{base}.{os.getpid()}.tmp')
+    try:
+        with open(temporary, 'wb') as file:
+            write(file)
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
+        if replace:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)
+    finally:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+
+
+def _read_header(file, path):
+    try:
+        header = pickle.load(file)
+    except FileNotFoundError:
+        raise
+    except Exception as error:
+        raise TaskFileError(f'{path} is not a readable task file '
+                            f'({type(error).__name__}: {error})',
+                            path=path, reason=str(error)) from None
+    if not isinstance(header, dict) or header.get('format') != FORMAT:
+        raise TaskFileError(f'{path} is not a runforrest task file',
+                            path=path, reason='unknown format')
+    return header
+
+
+def _open_taskfile(path):
+    try:
+        return open(path, 'rb')
+    except FileNotFoundError:
+        raise TaskFileError(f'task file {path} does not exist',
+                            path=path, reason='missing') from None
+
+
+def _read_parts(file, path):
+    """(header, record bytes) of an open task file, leaving it at the outcome."""
+    header = _read_header(file, path)
+    record = file.read(header['record_size'])
+    if len(record) < header['record_size']:
+        raise TaskFileError(f'{path} is truncated: its task needs '
+                            f'{header["record_size"]} bytes, {len(record)} '
+                            f'are there', path=path, reason='truncated')
+    return header, record
+
+
+def _load(data, path, what):
+    try:
+        return data() if callable(data) else pickle.loads(data)
+    except Exception as error:
+        raise TaskFileError(f'cannot load the {what} in {path}: '
+                            f'{type(error).__name__}: {error}',
+                            path=path, reason=f'{type(error).__name__}: {error}') from error
+
+
+def read_task(path, outcome=True):
+    """The task stored in a task or result file, with its metadata and
+    taskname, and with returnvalue, errorvalue, traceback and runtime if it
+    has run (unless outcome=False).
+
+    Raises `TaskFileError` if the file is missing or cannot be loaded.
+    """
+    with _open_taskfile(path) as file:
+        header, record = _read_parts(file, path)
+        stored = _load(record, path, 'task') if record else {'task': Value(None)}
+        task = stored['task']
+        task.metadata = stored.get('metadata')
+        task.taskname = _name_of(path)
+        if outcome and header['state'] != 'todo':
+            result = _load(lambda: pickle.load(file), path, 'outcome')
+            task.runtime = header.get('runtime')
+            task.returnvalue = result.get('returnvalue')
+            task.errorvalue = result.get('errorvalue')
+            task.traceback = result.get('traceback')
+    return task
+
+
+def _name_of(path):
+    return os.path.basename(path)[:-len('.pkl')]
+
+
+# ---------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------
+
+STATES = ('todo', 'done', 'fail')
+# collect/: results waiting to be filed; output/: each task's stdout and
+# stderr; running/: one mark per task in flight, for `status` and backends.
+_WORKDIRS = ('collect', 'output', 'running')
+_LOCKFILE = 'driver.lock'
+
+
+def _schedule_order(name):
+    prefix = name.partition('-')[0]
+    return (len(prefix) if prefix.isdigit() else 0, name)
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _header(state, record, **fields):
+    return {'format': FORMAT, 'state': state, 'record_size': len(record),
+            'sys_path': list(sys.path), 'cwd': os.getcwd(), **fields}
+
+
+class TaskList:
+    """A directory of tasks, one file each, in todo/, done/ and fail/.
+
+    >>> tasklist = TaskList('tasklist', exist_ok=True)
+    >>> tasklist.schedule(defer(pow, 2, 10))
+    '00000001-pow'
+    >>> [task.returnvalue for task in tasklist.run(nprocesses=2)]
+    [1024]
+
+    directory: refused if it exists, unless `exist_ok`; then `pre_clean`
+        empties it first. A directory that holds something other than a
+        task list is never touched (`NotATaskList`).
+    post_clean: remove the directory when this object is discarded (or at
+        the end of a `with` block).
+    logfile: write the tasks' output and a line per start, success and
+        failure there, instead of to the terminal.
+    noschedule_if_exist: if the directory already holds a task list, keep
+        it as it is and make `schedule` do nothing, so that the same script
+        resumes the remaining todo tasks after a crash.
+
+    Use `TaskList.open(directory)` for an existing list, as it is.
+    """
+
+    def __init__(self, directory, exist_ok=False, pre_clean=True,
+                 post_clean=False, logfile=None, noschedule_if_exist=False):
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.logfile = logfile
+        self._noschedule = False
+        if os.path.exists(self.directory):
+            if not self._is_tasklist() and not self._is_empty_directory():
+                raise NotATaskList(
+                    f'{self.directory} exists and is not a task list (it has '
+                    f'no todo/ directory); runforrest leaves it alone: choose '
+                    f'another directory, or empty this one yourself')
+            if noschedule_if_exist and self._is_tasklist():
+                self._noschedule = True
+            elif not exist_ok:
+                raise TaskListExists(
+                    f'task list {self.directory} exists already; pass '
+                    f'exist_ok=True to reuse it (its tasks are removed unless '
+                    f'pre_clean=False), or use TaskList.open() to add to it')
+            elif pre_clean:
+                self._remove(STATES + _WORKDIRS)
+        self._make_layout()
+        self._next_index = self._highest_index() + 1
+        self._unsynced = False
+        self._finalizer = None
+        if post_clean:
+            import shutil
+            import weakref
+            self._finalizer = weakref.finalize(
+                self, shutil.rmtree, self.directory, ignore_errors=True)
+
+    @classmethod
+    def open(cls, directory):
+        """An existing task list, with all its tasks."""
+        path = os.path.abspath(os.fspath(directory))
+        if not os.path.isdir(os.path.join(path, 'todo')):
+            raise NotATaskList(f'{path} is not a task list (no todo/ inside); '
+                               f'create one with TaskList({str(directory)!r})')
+        return cls(path, exist_ok=True, pre_clean=False)
+
+    def __repr__(self):
+        return f'TaskList({self.directory!r})'
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.flush()
+        if self._finalizer is not None:
+            self._finalizer()
+
+    # -- layout and names ----------------------------------------------------
+
+    def _is_tasklist(self):
+        return os.path.isdir(os.path.join(self.directory, 'todo'))
+
+    def _is_empty_directory(self):
+        return os.path.isdir(self.directory) and not os.listdir(self.directory)
+
+    def _make_layout(self):
+        for state in STATES + _WORKDIRS:
+            os.makedirs(os.path.join(self.directory, state), exist_ok=True)
+
+    def _path(self, state, name):
+        suffix = '.log' if state == 'output' else '' if state == 'running' else '.pkl'
+        return os.path.join(self.directory, state, name + suffix)
+
+    def _names(self, state):
+        """The task names in one directory, in schedule order; loads nothing."""
+        try:
+            entries = os.listdir(os.path.join(self.directory, state))
+        except FileNotFoundError:
+            return []
+        if state == 'running':
+            return sorted((n for n in entries if not n.startswith('.')), key=_schedule_order)
+        return sorted((n[:-4] for n in entries
+                       if n.endswith('.pkl') and not n.startswith('.')),
+                      key=_schedule_order)
+
+    def _highest_index(self):
+        prefixes = (name.partition('-')[0]
+                    for state in STATES + ('collect',) for name in self._names(state))
+        return max((int(p) for p in prefixes if p.isdigit()), default=0)
+
+    # -- scheduling ----------------------------------------------------------
+
+    def schedule(self, task, metadata=None):
+        """Write task, with optional metadata, to todo/; return its name.
+
+        Names sort in schedule order, and `run` starts tasks in that order.
+        Does nothing (and returns None) on a list opened with
+        `noschedule_if_exist=True` that existed already.
+        """
+        if not isinstance(task, Task):
+            raise TypeError(f'schedule() takes a task made by defer(), not '
+                            f'{type(task).__name__} {_abbreviate(task)}; '
+                            f'wrap the call: tasklist.schedule(defer(fun, *args))')
+        if self._noschedule:
+            return None
+        try:
+            record = _dumps({'task': task, 'metadata': metadata})
+        except NotPicklable as error:
+            raise NotPicklable(f'cannot schedule {task!r} with metadata '
+                               f'{_abbreviate(metadata)}: {error}',
+                               type_name=error.type_name) from None
+        data = pickle.dumps(_header('todo', record), pickle.HIGHEST_PROTOCOL) + record
+        label = _label(task)
+        while True:
+            name = f'{self._next_index:08d}-{label}'
+            self._next_index += 1
+            try:
+                _write_atomically(self._path('todo', name), lambda file: file.write(data),
+                                  durable=False, replace=False)
+                break
+            except FileExistsError:  # another process schedules into this list too
+                self._next_index = self._highest_index() + 1
+            except FileNotFoundError:  # the list was cleaned away; start it anew
+                self._make_layout()
+        self._unsynced = True
+        return name
+
+    def flush(self):
+        """Make every scheduled task durable on disk (`run` does this first)."""
+        if self._unsynced:
+            os.sync()
+            self._unsynced = False
+
+    # -- reading -------------------------------------------------------------
+
+    def todo_tasks(self, skip_damaged=False):
+        """The tasks waiting in todo/, in schedule order.
+
+        A file that cannot be read raises `TaskFileError`, which names it;
+        with skip_damaged=True it is skipped with a warning instead.
+        """
+        return self._tasks('todo', skip_damaged)
+
+    def done_tasks(self, skip_damaged=False):
+        """The tasks in done/, with their returnvalue (see `todo_tasks`)."""
+        return self._tasks('done', skip_damaged)
+
+    def fail_tasks(self, skip_damaged=False):
+        """The tasks in fail/, with their errorvalue (see `todo_tasks`)."""
+        return self._tasks('fail', skip_damaged)
+
+    def _tasks(self, state, skip_damaged):
+        for name in self._names(state):
+            try:
+                yield read_task(self._path(state, name))
+            except TaskFileError as error:
+                if error.reason == 'missing':
+                    continue  # moved on by a running driver since listing
+                if not skip_damaged:
+                    raise
+                import warnings
+                warnings.warn(f'skipping damaged task file: {error}', stacklevel=3)
+
+    def output(self, task):
+        """What the task (or the task of that name) printed to stdout and
+        stderr when it last ran, or None if it has not started."""
+        name = task.taskname if isinstance(task, Task) else task
+        try:
+            with open(self._path('output', name), 'rb') as file:
+                return file.read().decode(errors='replace')
+        except FileNotFoundError:
+            return None
+
+    def rows(self):
+        """One dict per finished task, in schedule order: name, state,
+        metadata, returnvalue, errorvalue and runtime."""
+        tasks = sorted(self._finished(), key=lambda task: _schedule_order(task.taskname))
+        return [{'name': task.taskname,
+                 'state': 'done' if task.errorvalue is None else 'fail',
+                 'metadata': task.metadata, 'returnvalue': task.returnvalue,
+                 'errorvalue': task.errorvalue, 'runtime': task.runtime}
+                for task in tasks]
+
+    def dataframe(self):
+        """`rows()` as a pandas DataFrame, with dict metadata spread into
+        columns of their own. Needs pandas."""
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError('dataframe() needs pandas: pip install pandas '
+                              '(or use rows(), which needs nothing)') from None
+        records = []
+        for row in self.rows():
+            metadata = row.pop('metadata')
+            if isinstance(metadata, dict):
+                row.update(metadata)
+            else:
+                row['metadata'] = metadata
+            records.append(row)
+        return pandas.DataFrame(records)
+
+    def _finished(self):
+        yield from self.done_tasks()
+        yield from self.fail_tasks()
+
+    # -- moving and cleaning -------------------------------------------------
+
+    def retry(self, names=None, error_type=None):
+        """Move failed tasks back to todo/: all of them, those named, or
+        those whose error is of the type named (e.g. 'TaskTimeout').
+        Returns the names moved."""
+        chosen = self._names('fail') if names is None else list(names)
+        moved = []
+        for name in chosen:
+            source = self._path('fail', name)
+            if error_type is not None:
+                with _open_taskfile(source) as file:
+                    if _read_header(file, source).get('error_type') != error_type:
+                        continue
+            try:
+                os.replace(source, self._path('todo', name))
+            except FileNotFoundError:
+                raise TaskFileError(f'no failed task {name} in {self.directory}',
+                                    path=source, reason='missing') from None
+            moved.append(name)
+        return moved
+
+    def clean(self, clean_todo=True, clean_done=True, clean_fail=True):
+        """Remove the tasks of the chosen states (and their output). Removing
+        all of them removes the directory; the list stays usable."""
+        with self._driver_lock():
+            if clean_todo and clean_done and clean_fail:
+                import shutil
+                shutil.rmtree(self.directory, ignore_errors=True)
+                return
+            chosen = [state for state, yes in zip(STATES, (clean_todo, clean_done, clean_fail)) if yes]
+            for state in chosen:
+                for name in self._names(state):
+                    _unlink(self._path(state, name))
+                    _unlink(self._path('output', name))
+
+    def _remove(self, states):
+        for state in states:
+            directory = os.path.join(self.directory, state)
+            if os.path.isdir(directory):
+                for entry in os.listdir(directory):
+                    _unlink(os.path.join(directory, entry))
+
+    # -- the driver's part ---------------------------------------------------
+
+    def _driver_lock(self):
+        return _DriverLock(os.path.join(self.directory, _LOCKFILE), self.directory)
+
+    def _driver(self):
+        """Who runs this list now, as a dict (pid, host, started), or None."""
+        return _DriverLock.holder(os.path.join(self.directory, _LOCKFILE))
+
+    def _tidy(self):
+        """After a driver that died: remove half-written files, forget its
+        marks of tasks in flight, and return the results it left in collect/."""
+        for state in STATES + _WORKDIRS:
+            directory = os.path.join(self.directory, state)
+            for entry in os.listdir(directory):
+                if entry.startswith('.') and entry.endswith('.tmp'):
+                    _unlink(os.path.join(directory, entry))
+        return self._names('collect')
+
+    def _file(self, name):
+        """Move a result from collect/ to done/ or fail/, after its task has
+        left todo/, so that a crash in between leaves it in collect/ to be
+        filed again. Returns the new path and the header."""
+        source = self._path('collect', name)
+        try:
+            with open(source, 'rb') as file:
+                header = _read_header(file, source)
+            state = 'done' if header['state'] == 'done' else 'fail'
+        except TaskFileError:
+            header, state = {'state': 'fail'}, 'fail'
+        target = self._path(state, name)
+        _unlink(self._path('todo', name))
+        os.replace(source, target)
+        _unlink(self._path('fail' if state == 'done' else 'done', name))
+        _unlink(self._path('running', name))
+        return target, header
+
+    def run(self, nprocesses=None, print_errors=False, save_session=False,
+            autokill=None, memory_limit=None, retries=0, progress=False,
+            start_method='forkserver', preload=(), executor=None):
+        """Run every todo task in a process of its own; see `Run`."""
+        return Run(self, nprocesses=nprocesses, print_errors=print_errors,
+                   save_session=save_session, autokill=autokill,
+                   memory_limit=memory_limit, retries=retries, progress=progress,
+                   start_method=start_method, preload=preload, executor=executor)
+
+
+class _DriverLock:
+    """An exclusive lock on a task list, held by the one driver that runs it.
+
+    The kernel releases it when the driver dies, however it dies."""
+
+    def __init__(self, path, directory):
+        self.path = path
+        self.directory = directory
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+        import json
+        import socket
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            holder = self.holder(self.path) or {}
+            raise TaskListBusy(
+                f'another driver (pid {holder.get("pid", "?")} on '
+                f'{holder.get("host", "?")}, since {holder.get("started", "?")}) '
+                f'is running {self.directory}; wait for it to finish, or stop '
+                f'it, and run again') from None
+        info = {'pid': os.getpid(), 'host': socket.gethostname(),
+                'started': time.strftime('%Y-%m-%d %H:%M:%S')}
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, json.dumps(info).encode())
+        return self
+
+    def __exit__(self, *exc_info):
+        os.ftruncate(self.fd, 0)
+        os.close(self.fd)
+
+    @staticmethod
+    def holder(path):
+        import fcntl
+        import json
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        except BlockingIOError:
+            try:
+                return json.loads(os.read(fd, 4096) or b'{}')
+            except ValueError:
+                return {}
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# The task process
+# ---------------------------------------------------------------------------
+
+def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=None):
+    """Run the task in taskfile in this process, write its result file, and
+    return whether it succeeded: what `python -m runforrest TASKFILE
+    RESULTFILE` does.
+
+    The task runs with the import path and working directory of the driver
+    that scheduled it. do_print prints a failure's traceback to stderr;
+    do_raise re-raises the task's exception, with its real traceback, after
+    the result is written (for a debugger: python -m pdb -m runforrest ...).
+    """
+    resultfile = os.path.abspath(resultfile)
+    started = time.monotonic()
+    header, record, damaged = {}, b'', False
+    try:
+        with _open_taskfile(taskfile) as file:
+            try:
+                header, record = _read_parts(file, taskfile)
+            except TaskFileError:
+                file.seek(0)
+                record, damaged = file.read(), True  # kept as it is, for a human
+                raise
+        _adopt(header)
+        if sessionfile:
+            import dill
+            dill.load_module(sessionfile)
+        try:
+            task = _load(record, taskfile, 'task')['task']
+        except TaskFileError:
+            damaged = True
+            raise
+        outcome = {'returnvalue': evaluate(task)}
+    except BaseException as error:
+        if isinstance(error, TaskFileError) and error.reason == 'missing':
+            raise
+        import traceback
+        outcome = {'errorvalue': error, 'traceback': traceback.format_exc()}
+    _write_result(resultfile, header, record, outcome,
+                  runtime=time.monotonic() - started, damaged=damaged)
+    error = outcome.get('errorvalue')
+    if error is not None:
+        if do_print:
+            print(outcome['traceback'], file=sys.stderr, end='')
+        if do_raise:
+            raise error
+    return error is None
+
+
+def _adopt(header):
+    """Take on the import path and working directory of the driver."""
+    driver_path = header.get('sys_path', [])
+    sys.path[:] = driver_path + [entry for entry in sys.path if entry not in driver_path]
+    if os.path.isdir(header.get('cwd') or ''):
+        os.chdir(header['cwd'])
+
+
+def _write_result(path, todo_header, record, outcome, runtime, **fields):
+    """Write a result file: the todo file's record, unchanged, and the outcome.
+
+    An outcome that cannot be pickled is replaced by an error that says so."""
+    outcome = _transportable_error(outcome)
+
+    def write(file):
+        for attempt in (outcome, None):
+            if attempt is None:
+                attempt = {'errorvalue': UnpicklableResult(
+                    f'the task returned {_a(type(outcome["returnvalue"]))}, which '
+                    f'cannot be pickled: {failure}; return something picklable, or '
+                    f'write it to a file and return the file name',
+                    type_name=type(outcome['returnvalue']).__name__)}
+            error = attempt.get('errorvalue')
+            header = {**todo_header, 'format': FORMAT, 'record_size': len(record),
+                      'state': 'done' if error is None else 'fail', 'runtime': runtime,
+                      'error_type': None if error is None else type(error).__name__,
+                      'error': None if error is None else _summary(error), **fields}
+            file.seek(0)
+            file.truncate()
+            file.write(pickle.dumps(header, pickle.HIGHEST_PROTOCOL))
+            file.write(record)
+            try:
+                _dump(attempt, file)
+                return
+            except NotPicklable as error:
+                failure = error
+
+    _write_atomically(path, write)
+
+
+def _transportable_error(outcome):
+    """outcome, with an exception that would not survive pickling replaced
+    by an `UnpicklableException` that keeps its type name and message."""
+    error = outcome.get('errorvalue')
+    if error is None:
+        return outcome
+    try:
+        pickle.loads(_dumps(error))
+        return outcome
+    except Exception:
+        return {'errorvalue': UnpicklableException(
+                    _summary(error), type_name=type(error).__name__, message=str(error)),
+                'traceback': outcome.get('traceback')}
+
+
+def _summary(error, width=500):
+    text = f'{type(error).__name__}: {error}'
+    return text if len(text) <= width else text[:width - 1] + '…'
+
+
+def _a(kind):
+    name = kind.__name__
+    return f'{"an" if name[0] in "aeiouAEIOU" else "a"} {name}'
+
+
+def _become_task_process(lifeline):
+    """Set up a process that runs a task for a driver: line-buffered output
+    (so that nothing printed is lost in a crash), and death with the driver."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)
+    if lifeline is not None:
+        import signal
+        import threading
+
+        def watch():
+            # The driver never writes; the read ends when its end closes,
+            # which happens however the driver dies.
+            while True:
+                try:
+                    if not os.read(lifeline, 1):
+                        break
+                except OSError:
+                    break
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+        threading.Thread(target=watch, daemon=True, name='runforrest-lifeline').start()
+
+
+# ---------------------------------------------------------------------------
+# The supervisor: starting task processes, and policing them
+# ---------------------------------------------------------------------------
+
+# Numeric libraries start a thread per core in every process; with a process
+# per task that multiplies into thousands. One each, unless the user says.
+_THREAD_VARIABLES = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS',
+                     'VECLIB_MAXIMUM_THREADS', 'NUMEXPR_NUM_THREADS', 'BLIS_NUM_THREADS')
+_MEMORY_POLL = 0.2  # seconds between measurements when a memory limit is set
+_START_RETRY = 0.05  # seconds before another try when the system refuses a process
+
+
+def _task_environment():
+    env = dict(os.environ)
+    for name in _THREAD_VARIABLES:
+        env.setdefault(name, '1')
+    here = os.path.dirname(os.path.abspath(__file__))
+    import site
+    if here not in site.getsitepackages() + [site.getusersitepackages()]:
+        env['PYTHONPATH'] = os.pathsep.join(filter(None, [here, env.get('PYTHONPATH')]))
+    return env
+
+
+def _kill_group(pgid):
+    import signal
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _crash_error(returncode):
+    """The error of a task process that ended without writing a result."""
+    import signal
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f'signal {-returncode}'
+        hint = {'SIGSEGV': 'a segmentation fault, usually in C code',
+                'SIGKILL': "killed from outside, often by the kernel's out-of-memory killer",
+                'SIGABRT': 'aborted, usually by a failed check in C code',
+                'SIGBUS': 'a bus error, usually in C code',
+                'SIGFPE': 'an arithmetic fault in C code'}.get(name)
+        return TaskCrashed(f'the task process died from {name}'
+                           f'{f" ({hint})" if hint else ""} before writing a result',
+                           signal=name, exitcode=returncode)
+    return TaskCrashed(f'the task process exited with code {returncode} without '
+                       f'writing a result (os._exit(), or a crash of the interpreter)',
+                       signal=None, exitcode=returncode)
+
+
+def _record_death(todo, result, error, runtime):
+    """Write the result file of a task whose process died without one."""
+    try:
+        with _open_taskfile(todo) as file:
+            header, record = _read_parts(file, todo)
+        damaged = False
+    except TaskFileError:
+        header, damaged = {}, True
+        try:
+            with open(todo, 'rb') as file:
+                record = file.read()
+        except FileNotFoundError:
+            record = b''
+    _write_result(result, header, record, {'errorvalue': error, 'traceback': None},
+                  runtime=runtime, damaged=damaged, died=True)
+
+
+def _group_memory(groups):
+    """The resident memory, in bytes, of each of these process groups."""
+    usage = dict.fromkeys(groups, 0)
+    page = os.sysconf('SC_PAGE_SIZE')
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f'/proc/{entry}/stat', 'rb') as file:
+                fields = file.read().rpartition(b')')[2].split()
+        except OSError:
+            continue  # ended meanwhile
+        group = int(fields[2])
+        if group in usage:
+            usage[group] += int(fields[21]) * page
+    return usage
+
+
+class _Job:
+    """One task process, from the supervisor's point of view."""
+
+    def __init__(self, todo, result, output, deadline):
+        self.todo, self.result, self.output = todo, result, output
+        self.started = time.monotonic()
+        self.deadline = deadline and self.started + deadline
+        self.pid = None
+        self.cause = None  # why runforrest killed it, if it did
+
+
+class _Spawner:
+    """Starts each task as a fresh interpreter: python -m runforrest TODO RESULT."""
+
+    def __init__(self, selector, lifeline, env, sessionfile):
+        self.selector, self.lifeline, self.env = selector, lifeline, env
+        self.session = ['-s', sessionfile] if sessionfile else []
+        self.processes = {}
+
+    def start(self, job):
+        import subprocess
+        output = open(job.output, 'wb') if job.output else None  # None: ours
+        try:
+            process = subprocess.Popen(
+                [sys.executable, '-m', 'runforrest', job.todo, job.result,
+                 '--lifeline', str(self.lifeline), *self.session],
+                stdin=subprocess.DEVNULL, stdout=output,
+                stderr=output and subprocess.STDOUT,
+                env=self.env, process_group=0, pass_fds=(self.lifeline,))
+        finally:
+            if output:
+                output.close()
+        job.pid = process.pid
+        pidfd = os.pidfd_open(process.pid)
+        self.processes[job] = process
+        self.selector.register(pidfd, 1, lambda: self._ended(job, pidfd))
+
+    def _ended(self, job, pidfd):
+        self.selector.unregister(pidfd)
+        os.close(pidfd)
+        # The exited leader still holds its id, so this kills its group and
+        # nobody else's: the task's children do not outlive it.
+        _kill_group(job.pid)
+        return [('ended', job, self.processes.pop(job).wait())]
+
+    def close(self):
+        for job, process in self.processes.items():
+            _kill_group(job.pid)
+            process.wait()
+
+
+class _ForkServer:
+    """Starts each task as a fork of a template: a fresh interpreter, started
+    once per run, that imports the modules to `preload` and then only forks.
+    Its children are as fresh as a new interpreter, minus the start-up time."""
+
+    def __init__(self, selector, lifeline, env, sessionfile, preload):
+        import json
+        import subprocess
+        commands, self.commands = os.pipe()
+        self.events, events = os.pipe()
+        config = json.dumps({'sys_path': sys.path, 'preload': list(preload),
+                             'sessionfile': sessionfile, 'lifeline': lifeline})
+        self.process = subprocess.Popen(
+            [sys.executable, '-m', 'runforrest', '--forkserver',
+             str(commands), str(events), config],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
+            process_group=0, pass_fds=(commands, events, lifeline))
+        os.close(commands)
+        os.close(events)
+        self.selector = selector
+        self.jobs = {}
+        self.buffer = b''
+        selector.register(self.events, 1, self._read_events)
+
+    def start(self, job):
+        import json
+        self.jobs[job.result] = job
+        line = json.dumps([job.todo, job.result, job.output]) + '\n'
+        os.write(self.commands, line.encode())
+
+    def _read_events(self):
+        import json
+        data = os.read(self.events, 1 << 16)
+        if not data:
+            raise RunforrestError('the forkserver template process died; run again, '
+                                  "or use start_method='spawn'")
+        *lines, self.buffer = (self.buffer + data).split(b'\n')
+        events = []
+        for event in map(json.loads, lines):
+            if 'error' in event:
+                raise RunforrestError(f'the forkserver template failed: {event["error"]}')
+            job = self.jobs[event['job']]
+            if 'pid' in event:
+                job.pid = event['pid']
+            elif 'refused' in event:
+                events.append(('refused', self.jobs.pop(event['job']), event['refused']))
+            else:
+                events.append(('ended', self.jobs.pop(event['job']), event['returncode']))
+        return events
+
+    def close(self):
+        os.close(self.commands)  # the template kills its children and leaves
+        self.process.wait()
+        self.selector.unregister(self.events)
+        os.close(self.events)
+
+
+def _serve_forks(commands, events, config):
+    """The forkserver template's main loop (see `_ForkServer`)."""
+    import json
+    import selectors
+    import signal
+    config = json.loads(config)
+    sys.path[:] = config['sys_path']
+
+    def report(**event):
+        os.write(events, (json.dumps(event) + '\n').encode())
+
+    try:
+        for module in config['preload'] + (['dill'] if config['sessionfile'] else []):
+            __import__(module)
+    except BaseException as error:
+        report(error=f'cannot preload {module}: {type(error).__name__}: {error}')
+        return 1
+    wakeup, wakeup_write = os.pipe()
+    os.set_blocking(wakeup_write, False)
+    signal.set_wakeup_fd(wakeup_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    selector = selectors.DefaultSelector()
+    selector.register(commands, selectors.EVENT_READ)
+    selector.register(wakeup, selectors.EVENT_READ)
+    children = {}
+    buffer = b''
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj == wakeup:
+                os.read(wakeup, 1 << 12)
+                _reap(children, report)
+                continue
+            data = os.read(commands, 1 << 16)
+            if not data:  # the driver is done, or dead
+                for pid in children:
+                    _kill_group(pid)
+                return 0
+            *lines, buffer = (buffer + data).split(b'\n')
+            for todo, result, output in map(json.loads, lines):
+                sys.stdout.flush()
+                sys.stderr.flush()
+                try:
+                    pid = os.fork()
+                except OSError as error:
+                    report(job=result, refused=str(error))
+                    continue
+                if pid == 0:
+                    _forked_task(todo, result, output, config,
+                                 close=(commands, events, wakeup, wakeup_write))
+                try:
+                    os.setpgid(pid, 0)  # also done in the child: whoever is first
+                except OSError:
+                    pass
+                children[pid] = result
+                report(job=result, pid=pid)
+
+
+def _reap(children, report):
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None:
+            return
+        _kill_group(info.si_pid)  # see _Spawner._ended
+        _, status = os.waitpid(info.si_pid, 0)
+        report(job=children.pop(info.si_pid),
+               returncode=os.waitstatus_to_exitcode(status))
+
+
+def _forked_task(todo, result, output, config, close):
+    """The life of a forked task process; never returns."""
+    import signal
+    code = 3
+    try:
+        os.setpgid(0, 0)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in close:
+            os.close(fd)
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        if 'numpy.random' in sys.modules:  # Python's own random reseeds itself
+            sys.modules['numpy.random'].seed()
+        _become_task_process(config['lifeline'])
+        code = 0 if execute(todo, result, sessionfile=config['sessionfile']) else 1
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+class _Supervisor:
+    """Runs task processes and polices them: the one place that knows about
+    autokill, the memory limit, and how a process that died without a
+    result is recorded."""
+
+    def __init__(self, start_method='spawn', preload=(), autokill=None,
+                 memory_limit=None, sessionfile=None, abandon_unless=None):
+        import selectors
+        self.autokill, self.memory_limit = autokill, memory_limit
+        self.abandon_unless, self.abandoned = abandon_unless, False
+        self.selector = selectors.DefaultSelector()
+        self.lifeline, self._lifeline_end = os.pipe()
+        env = _task_environment()
+        if start_method == 'forkserver':
+            self.launcher = _ForkServer(self.selector, self.lifeline, env, sessionfile, preload)
+        else:
+            self.launcher = _Spawner(self.selector, self.lifeline, env, sessionfile)
+        self.jobs = {}
+        self.refused = []  # jobs the system had no process for, yet
+        self.retry_at = None
+
+    def __len__(self):
+        return len(self.jobs) + len(self.refused)
+
+    def start(self, todo, result, output):
+        self._launch(_Job(todo, result, output, self.autokill))
+
+    def _launch(self, job):
+        try:
+            self.launcher.start(job)
+            self.jobs[job.result] = job
+        except BlockingIOError:  # the process limit: try again when one ends
+            self._refuse(job, 'no process available')
+
+    def _refuse(self, job, reason):
+        self.jobs.pop(job.result, None)
+        job.refusals = getattr(job, 'refusals', 0) + 1
+        if job.refusals > 200:
+            raise RunforrestError(f'the system refused a process for {job.todo} '
+                                  f'200 times ({reason}); is the process limit '
+                                  f'(ulimit -u) exhausted?')
+        self.refused.append(job)
+        self.retry_at = time.monotonic() + _START_RETRY
+
+    def wait(self):
+        """Block until task processes end; return their result files, each of
+        which holds a result or the record of how the process died."""
+        while True:
+            finished = []
+            for key, _ in self.selector.select(self._timeout()):
+                for event, job, detail in key.data():
+                    if event == 'refused':
+                        self._refuse(job, detail)
+                    else:
+                        finished.append(self._finish(job, detail))
+            self._police()
+            if self.refused and (finished or time.monotonic() >= self.retry_at):
+                refused, self.refused = self.refused, []
+                for job in refused:
+                    self._launch(job)
+            if finished:
+                return finished
+
+    def _timeout(self):
+        now = time.monotonic()
+        waits = [job.deadline - now for job in self.jobs.values()
+                 if job.deadline and job.cause is None]
+        if self.memory_limit:
+            waits.append(_MEMORY_POLL)
+        if self.refused:
+            waits.append(self.retry_at - now)
+        if self.abandon_unless:
+            waits.append(_ABANDON_POLL)
+        return max(0, min(waits)) if waits else None
+
+    def _police(self):
+        now = time.monotonic()
+        watched = [job for job in self.jobs.values() if job.pid and job.cause is None]
+        if self.abandon_unless and not os.path.exists(self.abandon_unless):
+            self.abandoned = True
+            for job in watched:
+                _kill_group(job.pid)
+            return
+        for job in watched:
+            if job.deadline and now >= job.deadline:
+                job.cause = TaskTimeout(f'killed after {self.autokill:g} s, the autokill '
+                                        f'limit, with its whole process group',
+                                        seconds=self.autokill)
+                _kill_group(job.pid)
+        if self.memory_limit:
+            usage = _group_memory(job.pid for job in watched if job.cause is None)
+            for job in watched:
+                if job.cause is None and usage.get(job.pid, 0) > self.memory_limit:
+                    job.cause = TaskOutOfMemory(
+                        f'killed for using {_format_bytes(usage[job.pid])} of memory, '
+                        f'over the memory_limit of {_format_bytes(self.memory_limit)}',
+                        limit=self.memory_limit, used=usage[job.pid])
+                    _kill_group(job.pid)
+
+    def _finish(self, job, returncode):
+        del self.jobs[job.result]
+        if not os.path.exists(job.result) and not self.abandoned:
+            _record_death(job.todo, job.result, job.cause or _crash_error(returncode),
+                          runtime=time.monotonic() - job.started)
+        return job.result
+
+    def close(self):
+        """Kill every task process still running, and wait until they are gone."""
+        for job in self.jobs.values():
+            if job.pid:
+                _kill_group(job.pid)
+        self.launcher.close()
+        self.jobs.clear()
+        self.refused.clear()
+        os.close(self._lifeline_end)
+        os.close(self.lifeline)
+        self.selector.close()
+
+
+def _parse_bytes(value):
+    """Bytes from an int or a string such as '512M' or '2G' (powers of 1024)."""
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value).strip().upper().rstrip('B')
+    scale = {'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}.get(text[-1:], 1)
+    try:
+        return int(float(text.rstrip('KMGT')) * scale)
+    except ValueError:
+        raise ValueError(f"memory_limit must be a number of bytes or a size such as "
+                         f"'512M' or '2G', not {value!r}") from None
+
+
+def _format_bytes(count):
+    for unit in ('B', 'KiB', 'MiB', 'GiB'):
+        if count < 1024 or unit == 'GiB':
+            return f'{count:.0f} {unit}' if unit == 'B' else f'{count:.1f} {unit}'
+        count /= 1024
+
+
+# ---------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------
+
+_START_METHODS = ('forkserver', 'spawn')
+
+
+class Run:
+    """The tasks of one `TaskList.run`, yielded as they finish, done or failed.
+
+    Each yielded task has `returnvalue` or `errorvalue` (see the error
+    classes), `traceback`, `metadata`, `runtime` and `taskname`, and its
+    file has moved to done/ or fail/. `len()` is how many tasks the run
+    yields, counted from file names, so `tqdm(tasklist.run())` works.
+
+    nprocesses: tasks running at once (default: the CPUs this process may use).
+    print_errors: print the traceback of each failure as it happens.
+    save_session: make the driver's __main__ globals available to tasks.
+    autokill: SIGKILL the process group of a task that runs longer than
+        this many seconds; it fails with `TaskTimeout`.
+    memory_limit: bytes, or a size such as '2G': SIGKILL the process group
+        of a task whose resident memory exceeds it; it fails with
+        `TaskOutOfMemory`. Measured five times a second.
+    retries: run a task that crashed or was killed again, up to this many
+        more times, before it counts as failed.
+    progress: show done, failed and running counts, rate and ETA.
+    start_method: 'forkserver' (fork each task from a template process that
+        started once, the default) or 'spawn' (a fresh interpreter per task).
+    preload: modules the forkserver template imports once, for all tasks.
+    executor: run elsewhere: a `Slurm` object, or a concurrent.futures
+        Executor such as `distributed.Client(...).get_executor()`.
+
+    Leaving the loop early, an exception in its body, or Ctrl-C kill the
+    tasks still running; they stay in todo/ for the next run. Only one
+    driver may run a task list at a time (`TaskListBusy`).
+    """
+
+    def __init__(self, tasklist, nprocesses=None, print_errors=False,
+                 save_session=False, autokill=None, memory_limit=None, retries=0,
+                 progress=False, start_method='forkserver', preload=(), executor=None):
+        if nprocesses is None:
+            nprocesses = len(os.sched_getaffinity(0))
+        if not isinstance(nprocesses, int) or nprocesses < 1:
+            raise ValueError(f'nprocesses must be a whole number of at least 1, '
+                             f'not {nprocesses!r}')
+        if autokill is not None and not autokill > 0:
+            raise ValueError(f'autokill must be a number of seconds above 0, not {autokill!r}')
+        memory_limit = _parse_bytes(memory_limit)
+        if memory_limit is not None and memory_limit <= 0:
+            raise ValueError(f'memory_limit must be above 0, not {memory_limit!r}')
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f'retries must be a whole number of at least 0, not {retries!r}')
+        if start_method not in _START_METHODS:
+            raise ValueError(f'start_method must be one of {", ".join(_START_METHODS)}, '
+                             f'not {start_method!r}')
+        if isinstance(preload, str):
+            preload = [preload]
+        if preload and (start_method != 'forkserver' or executor is not None):
+            raise ValueError("preload works with the local start_method='forkserver' only")
+        if executor is not None and not isinstance(executor, Slurm):
+            from concurrent.futures import Executor
+            if not isinstance(executor, Executor):
+                raise TypeError(f'executor must be a Slurm object or a '
+                                f'concurrent.futures.Executor, not {type(executor).__name__}')
+        self.tasklist = tasklist
+        self.nprocesses = nprocesses
+        self.print_errors, self.save_session = print_errors, save_session
+        self.autokill, self.memory_limit, self.retries = autokill, memory_limit, retries
+        self.progress, self.start_method = progress, start_method
+        self.preload, self.executor = list(preload), executor
+
+    def __len__(self):
+        return len(set(self.tasklist._names('todo')) | set(self.tasklist._names('collect')))
+
+    def __iter__(self):
+        return self._drive()
+
+    def _drive(self):
+        tasklist = self.tasklist
+        tasklist._make_layout()
+        with tasklist._driver_lock():
+            tasklist.flush()
+            leftovers = tasklist._tidy()
+            backend = self._backend()
+            report = None
+            try:
+                in_flight = backend.adopt(tasklist._names('running'))
+                skip = set(leftovers) | in_flight
+                pending = _deque(name for name in tasklist._names('todo') if name not in skip)
+                report = _Report(tasklist, len(pending) + len(skip),
+                                 self.print_errors, self.progress)
+                attempts = {}
+                for name in leftovers:
+                    yield self._collect(name, report)
+                while pending or backend.busy():
+                    while pending and backend.has_room():
+                        name = pending.popleft()
+                        backend.start(name)
+                        report.started(name)
+                    for name in backend.wait():
+                        if self._retry(name, attempts):
+                            pending.append(name)
+                            report.retried(name)
+                            continue
+                        yield self._collect(name, report)
+            finally:
+                backend.close()
+                if report is not None:
+                    report.close()
+
+    def _backend(self):
+        sessionfile = None
+        if self.save_session:
+            import dill
+            sessionfile = os.path.join(self.tasklist.directory, 'session.pkl')
+            dill.dump_module(sessionfile)
+        if isinstance(self.executor, Slurm):
+            return _SlurmBackend(self.tasklist, self.executor, self.nprocesses,
+                                 self.autokill, self.memory_limit, sessionfile)
+        if self.executor is not None:
+            return _ExecutorBackend(self.tasklist, self.executor, self.nprocesses,
+                                    self.autokill, self.memory_limit, sessionfile)
+        return _LocalBackend(self.tasklist, self.nprocesses, _Supervisor(
+            self.start_method, self.preload, self.autokill, self.memory_limit, sessionfile))
+
+    def _retry(self, name, attempts):
+        if attempts.get(name, 0) >= self.retries:
+            return False
+        path = self.tasklist._path('collect', name)
+        with open(path, 'rb') as file:
+            if not _read_header(file, path).get('died'):
+                return False
+        os.unlink(path)
+        attempts[name] = attempts.get(name, 0) + 1
+        return True
+
+    def _collect(self, name, report):
+        path, header = self.tasklist._file(name)
+        try:
+            task = read_task(path)
+        except TaskFileError as error:
+            task = Value(None)
+            task.taskname, task.errorvalue = name, error
+            task.runtime = header.get('runtime')
+        report.finished(task)
+        return task
+
+
+def _deque(items):
+    from collections import deque
+    return deque(items)
+
+
+class _LocalBackend:
+    """Runs tasks on this machine, through a `_Supervisor`."""
+
+    def __init__(self, tasklist, nprocesses, supervisor):
+        self.tasklist, self.nprocesses, self.supervisor = tasklist, nprocesses, supervisor
+
+    def adopt(self, marked):
+        for name in marked:  # marks of a driver that died; its tasks died with it
+            _unlink(self.tasklist._path('running', name))
+        return set()
+
+    def busy(self):
+        return len(self.supervisor) > 0
+
+    def has_room(self):
+        return len(self.supervisor) < self.nprocesses
+
+    def start(self, name):
+        tasklist = self.tasklist
+        _mark_running(tasklist, name, 'local')
+        self.supervisor.start(tasklist._path('todo', name), tasklist._path('collect', name),
+                              tasklist._path('output', name))
+
+    def wait(self):
+        return [_name_of(path) for path in self.supervisor.wait()]
+
+    def close(self):
+        self.supervisor.close()
+
+
+def _mark_running(tasklist, name, where):
+    with open(tasklist._path('running', name), 'w') as file:
+        file.write(where)
+
+
+class _Report:
+    """Where a run tells what happens: a line per start, success and failure
+    and each task's output, to the logfile if there is one, else the
+    terminal; failures' tracebacks with print_errors; a progress view."""
+
+    def __init__(self, tasklist, total, print_errors, progress):
+        self.tasklist, self.print_errors = tasklist, print_errors
+        self.log = open(tasklist.logfile, 'a', buffering=1) if tasklist.logfile else None
+        self.view = _progress_view(total) if progress else None
+        self.done = self.failed = self.running = 0
+
+    def _line(self, text):
+        if self.log:
+            self.log.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {text}\n')
+
+    def _show(self):
+        if self.view:
+            self.view.update(self.done, self.failed, self.running)
+
+    def started(self, name):
+        self.running += 1
+        self._line(f'start {name}')
+        self._show()
+
+    def retried(self, name):
+        self.running -= 1
+        self._line(f'retry {name}: it crashed or was killed')
+
+    def finished(self, task):
+        ok = task.errorvalue is None
+        self.running = max(0, self.running - 1)
+        if ok:
+            self.done += 1
+            self._line(f'done {task.taskname} ({task.runtime or 0:.2f} s)')
+        else:
+            self.failed += 1
+            self._line(f'fail {task.taskname} ({task.runtime or 0:.2f} s): '
+                       f'{_summary(task.errorvalue)}')
+        self._echo(self.tasklist._path('output', task.taskname))
+        if not ok and self.print_errors:
+            text = task.traceback or _summary(task.errorvalue) + '\n'
+            self._write(f'task {task.taskname} failed:\n{text}', sys.stderr)
+        self._show()
+
+    def _echo(self, path):
+        """Copy a task's output, piece by piece, so that no size is too big."""
+        import codecs
+        try:
+            file = open(path, 'rb')
+        except FileNotFoundError:
+            return
+        decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')
+        with file:
+            while chunk := file.read(1 << 16):
+                self._write(decoder.decode(chunk), sys.stdout)
+            self._write(decoder.decode(b'', final=True), sys.stdout)
+
+    def _write(self, text, stream):
+        if not text:
+            return
+        if self.log:
+            self.log.write(text)
+        elif self.view:
+            self.view.write(text, stream)
+        else:
+            stream.write(text)
+            stream.flush()
+
+    def close(self):
+        if self.view:
+            self.view.close()
+        if self.log:
+            self.log.close()
+
+
+def _progress_view(total):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _Bar(total, sys.stderr)
+    return _TqdmView(tqdm(total=total, unit='task'))
+
+
+class _TqdmView:
+    def __init__(self, bar):
+        self.bar = bar
+
+    def update(self, done, failed, running):
+        self.bar.set_postfix_str(f'done {done}, failed {failed}, running {running}', refresh=False)
+        self.bar.update(done + failed - self.bar.n)
+        self.bar.refresh()
+
+    def write(self, text, stream):
+        self.bar.write(text, file=stream, end='')
+
+    def close(self):
+        self.bar.close()
+
+
+class _Bar:
+    """A progress view without tqdm: a bar on a terminal, else a line at
+    most once a second."""
+
+    def __init__(self, total, stream):
+        self.total, self.stream = total, stream
+        self.terminal = stream.isatty()
+        self.began = self.shown = time.monotonic()
+        self.text = ''
+
+    def update(self, done, failed, running):
+        now = time.monotonic()
+        finished = done + failed
+        rate = finished / max(now - self.began, 1e-9)
+        eta = (self.total - finished) / rate if rate else float('inf')
+        eta = time.strftime('%H:%M:%S', time.gmtime(eta)) if eta < 1e6 else '?'
+        counts = (f'{finished}/{self.total} done {done}, failed {failed}, '
+                  f'running {running}, {rate:.1f} tasks/s, ETA {eta}')
+        if self.terminal:
+            filled = int(20 * finished / self.total) if self.total else 20
+            self.text = f'[{"#" * filled}{"." * (20 - filled)}] {counts}'
+            self.stream.write('\r' + self.text + '\x1b[K')
+            self.stream.flush()
+        elif now - self.shown >= 1 or finished == self.total:
+            self.stream.write(counts + '\n')
+            self.shown = now
+
+    def write(self, text, stream):
+        if self.terminal:
+            self.stream.write('\r\x1b[K')
+        stream.write(text)
+        stream.flush()
+        if self.terminal:
+            self.stream.write(self.text)
+
+    def close(self):
+        if self.terminal:
+            self.stream.write('\n')
+
+
+# ---------------------------------------------------------------------------
+# Maps
+# ---------------------------------------------------------------------------
+
+def pmap(fun, items, nprocesses=None, *, star=False, kwstar=False, args=(),
+         kwargs=None, errors='raise', directory=None, **run_options):
+    """Like `map(fun, items)`, with each call in a process of its own.
+
+    Yields the results in the order of items, each as soon as it and those
+    before it are ready. fun may be a lambda or a closure.
+
+    >>> list(pmap(lambda x: x * x, range(4), nprocesses=2))
+    [0, 1, 4, 9]
+
+    How an item becomes arguments (args and kwargs are fixed extras):
+        star=False, kwstar=False: fun(item, *args, **kwargs)
+        star=True:                fun(*item, *args, **kwargs)
+        kwstar=True:              item is (value, dict): fun(value, *args, **kwargs, **dict)
+        star=True, kwstar=True:   item is (values, dict): fun(*values, *args, **kwargs, **dict)
+
+    errors='raise' raises the first failure (in input order), with the
+    task's traceback as its cause; errors='return' yields the error in
+    place of the result. The tasks live in a temporary task list (or in
+    `directory`, which is then kept); run_options go to `TaskList.run`,
+    e.g. autokill=60 or memory_limit='2G'.
+    """
+    if errors not in ('raise', 'return'):
+        raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
+    if directory is None:
+        import tempfile
+        directory = tempfile.mkdtemp(prefix='runforrest-pmap-')
+        keep = False
+    else:
+        keep = True
+    with TaskList(directory, exist_ok=True, post_clean=not keep) as tasklist:
+        for index, item in enumerate(items):
+            values, keywords = (item if kwstar else (item, {}))
+            values = tuple(values) if star else (values,)
+            tasklist.schedule(defer(fun, *values, *args, **{**(kwargs or {}), **keywords}),
+                              metadata=index)
+        ready, wanted = {}, 0
+        for task in tasklist.run(nprocesses, **run_options):
+            ready[task.metadata] = task
+            while wanted in ready:
+                task = ready.pop(wanted)
+                wanted += 1
+                if task.errorvalue is None:
+                    yield task.returnvalue
+                elif errors == 'return':
+                    yield task.errorvalue
+                else:
+                    if task.traceback:
+                        task.errorvalue.__cause__ = _RemoteTraceback(task.traceback)
+                    raise task.errorvalue
+
+
+class _RemoteTraceback(Exception):
+    """The traceback of an exception, as it was raised in the task process."""
+
+    def __str__(self):
+        return '\n' + self.args[0]
+
+
+# ---------------------------------------------------------------------------
+# More than one machine
+# ---------------------------------------------------------------------------
+#
+# A backend has the local one's shape: adopt(marked names) -> names still in
+# flight from an earlier driver, busy(), has_room(), start(name), wait() ->
+# names whose result is in collect/, close(). On the machine that runs the
+# task, `_supervise` does what the local supervisor does for one task.
+
+_ABANDON_POLL = 0.5  # seconds between checks whether the driver gave up on a task
+
+
+def _supervise(todo, result, output=None, autokill=None, memory_limit=None,
+               sessionfile=None, abandon_unless=None):
+    """Run one task in a process of its own, with autokill and the memory
+    limit, and wait for it: what an executor's worker or a SLURM job does.
+    Kills the task, recording nothing, if the file abandon_unless vanishes.
+    Returns whether the task succeeded."""
+    supervisor = _Supervisor('spawn', (), autokill, _parse_bytes(memory_limit),
+                             sessionfile, abandon_unless)
+    try:
+        supervisor.start(todo, result, output)
+        supervisor.wait()
+    finally:
+        supervisor.close()
+    if not os.path.exists(result):
+        return False
+    with open(result, 'rb') as file:
+        return _read_header(file, result)['state'] == 'done'
+
+
+class _ExecutorBackend:
+    """Runs each task through a concurrent.futures Executor, such as Dask's:
+    a worker supervises the task's process, as a local run would."""
+
+    def __init__(self, tasklist, executor, nprocesses, autokill, memory_limit, sessionfile):
+        self.tasklist, self.executor, self.nprocesses = tasklist, executor, nprocesses
+        self.options = dict(autokill=autokill, memory_limit=memory_limit,
+                            sessionfile=sessionfile)
+        self.futures = {}
+
+    def adopt(self, marked):
+        for name in marked:  # the workers drop tasks whose mark is gone
+            _unlink(self.tasklist._path('running', name))
+        return set()
+
+    def busy(self):
+        return bool(self.futures)
+
+    def has_room(self):
+        return len(self.futures) < self.nprocesses
+
+    def start(self, name):
+        tasklist = self.tasklist
+        _mark_running(tasklist, name, 'executor')
+        future = self.executor.submit(
+            _supervise, tasklist._path('todo', name), tasklist._path('collect', name),
+            tasklist._path('output', name), abandon_unless=tasklist._path('running', name),
+            **self.options)
+        self.futures[future] = name
+
+    def wait(self):
+        from concurrent.futures import FIRST_COMPLETED, wait
+        finished, _ = wait(self.futures, return_when=FIRST_COMPLETED)
+        names = []
+        for future in finished:
+            name = self.futures.pop(future)
+            result = self.tasklist._path('collect', name)
+            error = future.exception()
+            if not os.path.exists(result):
+                error = error or RunforrestError('no result was written')
+                _record_death(self.tasklist._path('todo', name), result, TaskLost(
+                    f'the executor lost the task: {_summary(error)}',
+                    state=type(error).__name__, reason=str(error)), runtime=None)
+            names.append(name)
+        return names
+
+    def close(self):
+        from concurrent.futures import wait
+        for future, name in self.futures.items():
+            future.cancel()
+            _unlink(self.tasklist._path('running', name))
+        wait(self.futures, timeout=10 * _ABANDON_POLL)
+        self.futures.clear()
+
+
+class Slurm:
+    """Run a task list on a SLURM cluster: `run(executor=Slurm(...))`.
+
+    >>> for task in tasklist.run(nprocesses=50, autokill=600,
+    ...                          executor=Slurm(partition='short', mem='4G')):
+    ...     print(task.taskname, task.returnvalue)
+
+    The todo tasks go out as job arrays (`sbatch --array=...%nprocesses`),
+    one array element per task, each running `python -m runforrest` in the
+    foreground of its job, where it enforces autokill and memory_limit to
+    the second. The task list must lie on a filesystem that the nodes
+    share. Options map to sbatch's: partition, time, mem, cpus_per_task,
+    account; extra_args is a list of further sbatch arguments. python is
+    the interpreter the jobs use (default: this one). poll_interval: seconds
+    between looks at the queue.
+    """
+
+    max_array_size = 1000  # SLURM's default MaxArraySize is 1001
+
+    def __init__(self, partition=None, time=None, mem=None, cpus_per_task=None,
+                 account=None, extra_args=(), python=None, poll_interval=2.0):
+        self.sbatch_options = [f'--{option}={value}' for option, value in (
+            ('partition', partition), ('time', time), ('mem', mem),
+            ('cpus-per-task', cpus_per_task), ('account', account)) if value is not None]
+        self.sbatch_options += list(extra_args)
+        self.python = python or sys.executable
+        self.poll_interval = poll_interval
+
+    def __repr__(self):
+        return f'Slurm({" ".join(self.sbatch_options)})'
+
+
+def _slurm(*command):
+    import subprocess
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise RunforrestError(f'{command[0]} was not found: is this a SLURM '
+                              f'login node, with SLURM on the PATH?') from None
+    if done.returncode != 0:
+        raise RunforrestError(f'{" ".join(command[:2])} … failed: {done.stderr.strip()}')
+    return done.stdout
+
+
+# Job states after which an array element will never write a result.
+_SLURM_ENDED = {'BOOT_FAIL', 'CANCELLED', 'COMPLETED', 'DEADLINE', 'FAILED',
+                'NODE_FAIL', 'OUT_OF_MEMORY', 'PREEMPTED', 'TIMEOUT', 'REVOKED'}
+
+
+class _SlurmBackend:
+    """Submits todo tasks as SLURM job arrays and watches the queue."""
+
+    def __init__(self, tasklist, slurm, nprocesses, autokill, memory_limit, sessionfile):
+        self.tasklist, self.slurm, self.nprocesses = tasklist, slurm, nprocesses
+        self.arguments = []
+        if autokill is not None:
+            self.arguments += ['--autokill', str(autokill)]
+        if memory_limit is not None:
+            self.arguments += ['--memory-limit', str(memory_limit)]
+        if sessionfile is not None:
+            self.arguments += ['-s', sessionfile]
+        self.queued = []
+        self.jobs = {}  # name -> array element id, 'JOBID_INDEX'
+        self.gone = {}  # name -> polls for which its job has ended without a result
+        self.workdir = os.path.join(tasklist.directory, 'slurm')
+        os.makedirs(self.workdir, exist_ok=True)
+
+    def adopt(self, marked):
+        recorded = {}
+        for name in marked:
+            with open(self.tasklist._path('running', name)) as file:
+                where = file.read().split()
+            if where[:1] == ['slurm'] and len(where) == 2:
+                recorded[name] = where[1]
+            else:
+                _unlink(self.tasklist._path('running', name))
+        states = self._states({element.partition('_')[0] for element in recorded.values()})
+        for name, element in recorded.items():
+            if states.get(element, ('?',))[0] in _SLURM_ENDED | {'?'} and \
+                    not os.path.exists(self.tasklist._path('collect', name)):
+                _unlink(self.tasklist._path('running', name))
+            else:
+                self.jobs[name] = element
+        return set(self.jobs)
+
+    def busy(self):
+        return bool(self.jobs or self.queued)
+
+    def has_room(self):
+        return not self.jobs and len(self.queued) < self.slurm.max_array_size
+
+    def start(self, name):
+        self.queued.append(name)
+
+    def _submit(self):
+        tasklist, names = self.tasklist, self.queued
+        stamp = f'{time.strftime("%Y%m%d-%H%M%S")}-{os.getpid()}'
+        listing = os.path.join(self.workdir, f'{stamp}.names')
+        with open(listing, 'w') as file:
+            file.write('\n'.join(names) + '\n')
+        script = os.path.join(self.workdir, f'{stamp}.sh')
+        arguments = ' '.join(_shell_quote(argument) for argument in self.arguments)
+        with open(script, 'w') as file:
+            file.write(_SLURM_SCRIPT.format(names=_shell_quote(listing),
+                                            python=_shell_quote(self.slurm.python),
+                                            directory=_shell_quote(tasklist.directory),
+                                            arguments=arguments))
+        output = _slurm('sbatch', '--parsable', f'--array=0-{len(names) - 1}%{self.nprocesses}',
+                        '--job-name=runforrest', f'--chdir={os.getcwd()}',
+                        f'--output={os.path.join(self.workdir, "%A_%a.log")}',
+                        *self.slurm.sbatch_options, script)
+        job = output.strip().split(';')[0]
+        for index, name in enumerate(names):
+            self.jobs[name] = f'{job}_{index}'
+            _mark_running(tasklist, name, f'slurm {job}_{index}')
+        self.queued = []
+
+    def _states(self, jobs):
+        """{'JOBID_INDEX': (state, reason)} for the elements of these jobs."""
+        if not jobs:
+            return {}
+        output = _slurm('squeue', '--noheader', '--array', '--states=all',
+                        f'--jobs={",".join(sorted(jobs))}', '--format=%i %T %r')
+        states = {}
+        for line in output.splitlines():
+            element, state, reason = (line.split(None, 2) + ['', ''])[:3]
+            states[element] = (state, reason)
+        return states
+
+    def wait(self):
+        if self.queued:
+            self._submit()
+        while True:
+            finished = [name for name in self.jobs
+                        if os.path.exists(self.tasklist._path('collect', name))]
+            if not finished:
+                finished = self._lost()
+            for name in finished:
+                del self.jobs[name]
+                self.gone.pop(name, None)
+            if finished:
+                return finished
+            time.sleep(self.slurm.poll_interval)  # SLURM tells nobody; one must ask
+
+    def _lost(self):
+        """Elements whose job ended without a result, seen so on two looks
+        in a row (a result may still be on its way through the filesystem)."""
+        states = self._states({element.partition('_')[0] for element in self.jobs.values()})
+        lost = []
+        for name, element in self.jobs.items():
+            state, reason = states.get(element, ('GONE', 'no longer listed by squeue'))
+            if state not in _SLURM_ENDED and state != 'GONE':
+                self.gone.pop(name, None)
+                continue
+            self.gone[name] = self.gone.get(name, 0) + 1
+            result = self.tasklist._path('collect', name)
+            if self.gone[name] >= 2 and not os.path.exists(result):
+                _record_death(self.tasklist._path('todo', name), result, TaskLost(
+                    f'SLURM job {element} ended as {state} ({reason}) without a result',
+                    state=state, reason=reason), runtime=None)
+                lost.append(name)
+        return lost
+
+    def close(self):
+        if self.jobs:
+            _slurm('scancel', *sorted({element.partition('_')[0]
+                                       for element in self.jobs.values()}))
+            for name in self.jobs:
+                _unlink(self.tasklist._path('running', name))
+        self.jobs.clear()
+        self.queued.clear()
+
+
+_SLURM_SCRIPT = '''#!/bin/sh
+# One element of a runforrest job array: the task named on line
+# SLURM_ARRAY_TASK_ID + 1 of the names file, supervised in the foreground.
+name=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {names})
+exec {python} -m runforrest {directory}/todo/"$name".pkl {directory}/collect/"$name".pkl \\
+    --output {directory}/output/"$name".log {arguments}
+'''
+
+
+def _shell_quote(text):
+    import shlex
+    return shlex.quote(str(text))
+
+
+# ---------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------
+
+_USAGE = '''\
+runforrest TASKFILE RESULTFILE [-r] [-p] [-s SESSIONFILE] [--autokill S] [--memory-limit SIZE] [--output FILE]
+       runforrest {status,run,retry,show,clean} ... [--help]'''
+
+_DESCRIPTION = '''\
+Run one task file by hand (the first form: what run() does for each task;
+exit status 0 if the task succeeded, 1 if it failed, 2 for a usage error),
+or look after a task list (the second form).'''
+
+
+def _task_parser():
+    import argparse
+    parser = argparse.ArgumentParser(prog='runforrest', usage=_USAGE, description=_DESCRIPTION)
+    parser.add_argument('taskfile', help='a task file, e.g. DIR/fail/00000003-f.pkl')
+    parser.add_argument('resultfile', help='where to write the result')
+    parser.add_argument('-r', '--do_raise', '--do-raise', action='store_true',
+                        help="re-raise the task's error, for a debugger: python -m pdb -m runforrest ...")
+    parser.add_argument('-p', '--do_print', '--do-print', action='store_true',
+                        help="print the task's traceback if it fails")
+    parser.add_argument('-s', '--sessionfile', help="load the driver's session first")
+    parser.add_argument('--autokill', type=float, metavar='S',
+                        help='run the task in a process group of its own and kill it after S seconds')
+    parser.add_argument('--memory-limit', metavar='SIZE',
+                        help="... and kill it if it uses more memory than SIZE, e.g. '2G'")
+    parser.add_argument('--output', metavar='FILE', help="... and send its output to FILE")
+    parser.add_argument('--lifeline', type=int, help=argparse.SUPPRESS)
+    return parser
+
+
+def _command_parser():
+    import argparse
+    parser = argparse.ArgumentParser(prog='runforrest', usage=_USAGE, description=_DESCRIPTION)
+    commands = parser.add_subparsers(dest='command', metavar='COMMAND')
+
+    status = commands.add_parser('status', help='count tasks, group failures, sum up runtimes')
+    status.add_argument('directory')
+    status.add_argument('--json', action='store_true', help='print JSON')
+
+    run = commands.add_parser('run', help='run the todo tasks of a list')
+    run.add_argument('directory')
+    run.add_argument('-n', '--nprocesses', type=int)
+    run.add_argument('--autokill', type=float, metavar='S')
+    run.add_argument('--memory-limit', metavar='SIZE')
+    run.add_argument('--retries', type=int, default=0)
+    run.add_argument('--start-method', choices=_START_METHODS, default='forkserver')
+    run.add_argument('--preload', action='append', default=[], metavar='MODULE')
+    run.add_argument('--print-errors', action='store_true')
+    run.add_argument('--logfile', help="write the tasks' output here, not to the terminal")
+    run.add_argument('--progress', action=argparse.BooleanOptionalAction,
+                     default=sys.stderr.isatty(), help='show progress (default: on a terminal)')
+    run.add_argument('--json', action='store_true', help='print a JSON summary')
+
+    retry = commands.add_parser('retry', help='move failed tasks back to todo/')
+    retry.add_argument('directory')
+    retry.add_argument('tasks', nargs='*', metavar='TASK', help='names or unique prefixes (default: all)')
+    retry.add_argument('--error', metavar='TYPE', help='only failures of this error type, e.g. TaskTimeout')
+    retry.add_argument('--json', action='store_true')
+
+    show = commands.add_parser('show', help='show one task: call, metadata, error, output')
+    show.add_argument('task', help='a task file, or DIR/NAME with a unique prefix of the name')
+    show.add_argument('--lines', type=int, default=200, help='lines of output to show (0: all)')
+    show.add_argument('--json', action='store_true')
+
+    clean = commands.add_parser('clean', help='remove tasks (all: the whole directory)')
+    clean.add_argument('directory')
+    for state in STATES:
+        clean.add_argument(f'--{state}', action='store_true', help=f'remove the {state} tasks')
+    return parser
+
+
+_COMMANDS = ('status', 'run', 'retry', 'show', 'clean')
+
+
+def main(argv=None):
+    """`python -m runforrest` and the `runforrest` command; see --help."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ['--forkserver']:
+        return _serve_forks(int(argv[1]), int(argv[2]), argv[3])
+    if not argv or argv[0] in _COMMANDS or argv[0] in ('-h', '--help'):
+        args = _command_parser().parse_args(argv)
+        if args.command is None:
+            _command_parser().print_help()
+            return 2
+        try:
+            return globals()[f'_{args.command}_command'](args)
+        except (RunforrestError, ValueError, OSError) as error:
+            print(f'runforrest {args.command}: {error}', file=sys.stderr)
+            return 2
+    return _taskfile_command(_task_parser().parse_args(argv))
+
+
+def _taskfile_command(args):
+    try:
+        if args.autokill or args.memory_limit or args.output:
+            done = _supervise(os.path.abspath(args.taskfile), os.path.abspath(args.resultfile),
+                              args.output, args.autokill, args.memory_limit, args.sessionfile)
+            if not done and args.do_print:
+                print(read_task(args.resultfile).traceback or '', file=sys.stderr, end='')
+        else:
+            _become_task_process(args.lifeline)
+            done = execute(args.taskfile, args.resultfile, args.do_raise, args.do_print,
+                           args.sessionfile)
+    except (TaskFileError, ValueError) as error:
+        print(f'runforrest: {error}', file=sys.stderr)
+        return 2
+    return 0 if done else 1
+
+
+def _emit(args, data, text):
+    if args.json:
+        import json
+        print(json.dumps(data, indent=2, default=repr))
+    else:
+        print(text)
+
+
+def _status_command(args):
+    tasklist = TaskList.open(args.directory)
+    data = _status(tasklist)
+    lines = [f'{data["directory"]}: ' + ', '.join(
+        f'{data[state]} {state}' for state in STATES + ('running',))]
+    if data['driver']:
+        driver = data['driver']
+        lines.append(f'driver: pid {driver.get("pid")} on {driver.get("host")}, '
+                     f'since {driver.get("started")}')
+    if data['failures']:
+        lines.append('failures:')
+        width = max(map(len, data['failures']))
+        for kind, group in data['failures'].items():
+            lines.append(f'  {group["count"]:6d}  {kind:<{width}}  e.g. '
+                         f'{group["example"]}: {group["message"]}')
+    runtime = data['runtime']
+    if runtime['count']:
+        lines.append(f'runtime: total {_format_seconds(runtime["total"])}, median '
+                     f'{_format_seconds(runtime["median"])}, longest '
+                     f'{_format_seconds(runtime["max"])}')
+    _emit(args, data, '\n'.join(lines))
+    return 0
+
+
+def _status(tasklist):
+    """What `runforrest status` tells, as a dict; reads only file headers."""
+    import statistics
+    driver = tasklist._driver()
+    data = {'directory': tasklist.directory, 'driver': driver,
+            'running': len(tasklist._names('running')) if driver else 0,
+            **{state: len(tasklist._names(state)) for state in STATES}}
+    runtimes, failures = [], {}
+    for state in ('done', 'fail'):
+        for name in tasklist._names(state):
+            path = tasklist._path(state, name)
+            try:
+                with open(path, 'rb') as file:
+                    header = _read_header(file, path)
+            except (TaskFileError, FileNotFoundError):
+                header = {'error_type': 'TaskFileError', 'error': f'{path} cannot be read'}
+            if header.get('runtime') is not None:
+                runtimes.append(header['runtime'])
+            if state == 'fail':
+                group = failures.setdefault(header.get('error_type') or '?', {
+                    'count': 0, 'example': name, 'message': header.get('error'), 'tasks': []})
+                group['count'] += 1
+                group['tasks'].append(name)
+    data['failures'] = dict(sorted(failures.items(), key=lambda item: -item[1]['count']))
+    data['runtime'] = {'count': len(runtimes), 'total': sum(runtimes),
+                       'median': statistics.median(runtimes) if runtimes else None,
+                       'max': max(runtimes, default=None)}
+    return data
+
+
+def _format_seconds(seconds):
+    if seconds < 60:
+        return f'{seconds:.2f} s'
+    return time.strftime('%H:%M:%S', time.gmtime(seconds))
+
+
+def _run_command(args):
+    tasklist = TaskList.open(args.directory)
+    tasklist.logfile = args.logfile
+    counts = {'done': 0, 'fail': 0}
+    for task in tasklist.run(nprocesses=args.nprocesses, autokill=args.autokill,
+                             memory_limit=args.memory_limit, retries=args.retries,
+                             start_method=args.start_method, preload=args.preload,
+                             print_errors=args.print_errors, progress=args.progress):
+        counts['done' if task.errorvalue is None else 'fail'] += 1
+    _emit(args, counts, f'{counts["done"]} done, {counts["fail"]} failed'
+          + (f'; see: runforrest status {args.directory}' if counts['fail'] else ''))
+    return 0 if not counts['fail'] else 1
+
+
+def _retry_command(args):
+    tasklist = TaskList.open(args.directory)
+    names = None
+    if args.tasks:
+        names = [_resolve(tasklist, prefix, ('fail',))[1] for prefix in args.tasks]
+    moved = tasklist.retry(names, error_type=args.error)
+    _emit(args, moved, f'{len(moved)} failed task{"s" * (len(moved) != 1)} moved back to todo/')
+    return 0
+
+
+def _resolve(tasklist, prefix, states=STATES):
+    """(state, name) of the one task whose name starts with prefix."""
+    found = [(state, name) for state in states for name in tasklist._names(state)
+             if name.startswith(prefix)]
+    exact = [match for match in found if match[1] == prefix]
+    if len(exact) == 1 or len(found) == 1:
+        return (exact or found)[0]
+    if not found:
+        raise TaskFileError(f'no task named {prefix}… in {", ".join(s + "/" for s in states)} '
+                            f'of {tasklist.directory}', path=prefix, reason='missing')
+    raise TaskFileError(f'{prefix} fits {len(found)} tasks ({", ".join(n for _, n in found[:5])}'
+                        f'{", …" if len(found) > 5 else ""}); give more of the name',
+                        path=prefix, reason='ambiguous')
+
+
+def _show_command(args):
+    path = args.task
+    if not os.path.isfile(path):
+        directory, prefix = os.path.split(path.rstrip('/'))
+        tasklist = TaskList.open(directory or '.')
+        state, name = _resolve(tasklist, prefix)
+        path = tasklist._path(state, name)
+    path = os.path.abspath(path)
+    directory = os.path.dirname(os.path.dirname(path))
+    with _open_taskfile(path) as file:
+        header = _read_header(file, path)
+    name = _name_of(path)
+    data = {'name': name, 'state': header['state'], 'file': path,
+            'runtime': header.get('runtime'), 'error': header.get('error')}
+    try:
+        task = read_task(path)
+        data.update(call=_describe(task, depth=3), metadata=task.metadata,
+                    traceback=task.traceback)
+    except TaskFileError as error:
+        data.update(call=None, metadata=None, traceback=None, unreadable=str(error))
+    output_path = os.path.join(directory, 'output', name + '.log')
+    try:
+        with open(output_path, 'rb') as file:
+            lines = file.read().decode(errors='replace').splitlines()
+        data['output'] = '\n'.join(lines[-args.lines:] if args.lines else lines)
+    except FileNotFoundError:
+        data['output'] = None
+    text = [f'task      {name} ({data["state"]})', f'file      {path}']
+    if data.get('unreadable'):
+        text.append(f'unreadable: {data["unreadable"]}')
+    else:
+        text.append(f'call      {data["call"]}')
+        text.append(f'metadata  {_abbreviate(data["metadata"], 200)}')
+    if data['runtime'] is not None:
+        text.append(f'runtime   {_format_seconds(data["runtime"])}')
+    if data['error']:
+        text.append(f'error     {data["error"]}')
+    if data.get('traceback'):
+        text.append('traceback:\n' + data['traceback'].rstrip())
+    if data['output'] is not None:
+        text.append(f'output ({output_path}):\n{data["output"]}')
+    _emit(args, data, '\n'.join(text))
+    return 0
+
+
+def _clean_command(args):
+    tasklist = TaskList.open(args.directory)
+    chosen = [getattr(args, state) for state in STATES]
+    if not any(chosen):
+        chosen = [True] * len(STATES)
+    tasklist.clean(*chosen)
+    print(f'removed {", ".join(s for s, yes in zip(STATES, chosen) if yes)} tasks of {tasklist.directory}')
+    return 0
+
+
+if __name__ == '__main__':
+    # Run the imported module, not this __main__ copy: task files and
+    # errors refer to runforrest.X, and a task's session may fill __main__.
+    import runforrest
+    sys.exit(runforrest.main())
