@@ -248,8 +248,8 @@ def _build(kind, *items):
     return kind(items)
 
 
-def _build_dict(*pairs):
-    return dict(pairs)
+def _build_dict(keys, *values):
+    return dict(zip(keys, values))
 
 
 def defer(fun, *args, **kwargs):
@@ -295,8 +295,7 @@ def _lift(value):
     if type(value) is dict:
         lifted = {key: _lift(item) for key, item in value.items()}
         if any(isinstance(item, Task) for item in lifted.values()):
-            return Call(_build_dict, tuple(Call(tuple, ((key, item),))
-                                           for key, item in lifted.items()))
+            return Call(_build_dict, (tuple(lifted), *lifted.values()))
         return value
     if type(value) in (list, tuple):
         lifted = [_lift(item) for item in value]
@@ -408,15 +407,20 @@ def _abbreviate(value, width=60):
 
 def _label(task):
     """A name for task files: the function that the graph's root calls."""
-    while not isinstance(task, Value) and task._fun in (_getitem, getattr):
-        task = task._args[0]
-    if isinstance(task, Value):
-        name = 'value'
-    else:
-        fun = task._fun
-        while isinstance(fun, Task):
-            fun = fun._args[-1] if isinstance(fun, Attribute) else fun._fun
-        name = fun if isinstance(fun, str) else getattr(fun, '__name__', type(fun).__name__)
+    while True:
+        if isinstance(task, (Item, Attribute)):
+            task = task._args[0]
+        elif isinstance(task, Value):
+            name = 'value'
+            break
+        elif isinstance(task._fun, Attribute):  # a method of a part: .resample(8000)
+            name = task._fun._args[1]
+            break
+        elif isinstance(task._fun, Task):
+            task = task._fun
+        else:
+            name = getattr(task._fun, '__name__', type(task._fun).__name__)
+            break
     name = ''.join(c if c.isalnum() or c == '_' else '_' for c in str(name)).strip('_')
     return name[:40] or 'task'
 
@@ -2321,18 +2325,21 @@ def main(argv=None):
 
 def _taskfile_command(args):
     try:
-        if args.autokill or args.memory_limit or args.output:
-            done = _supervise(os.path.abspath(args.taskfile), os.path.abspath(args.resultfile),
-                              args.output, args.autokill, args.memory_limit, args.sessionfile)
-            if not done and args.do_print:
-                print(read_task(args.resultfile).traceback or '', file=sys.stderr, end='')
-        else:
-            _become_task_process(args.lifeline)
-            done = execute(args.taskfile, args.resultfile, args.do_raise, args.do_print,
-                           args.sessionfile)
+        memory_limit = _parse_bytes(args.memory_limit)
+        if not os.path.isfile(args.taskfile):
+            raise TaskFileError(f'task file {args.taskfile} does not exist')
     except (TaskFileError, ValueError) as error:
         print(f'runforrest: {error}', file=sys.stderr)
         return 2
+    if args.autokill or memory_limit or args.output:
+        done = _supervise(os.path.abspath(args.taskfile), os.path.abspath(args.resultfile),
+                          args.output, args.autokill, memory_limit, args.sessionfile)
+        if not done and args.do_print:
+            print(read_task(args.resultfile).traceback or '', file=sys.stderr, end='')
+    else:
+        _become_task_process(args.lifeline)
+        done = execute(args.taskfile, args.resultfile, args.do_raise, args.do_print,
+                       args.sessionfile)
     return 0 if done else 1
 
 

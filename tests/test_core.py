@@ -1,0 +1,346 @@
+"""The core of runforrest: the task graph, the store, running, and running by hand."""
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import runforrest
+from runforrest import (NotATaskList, NotPicklable, TaskFileError, TaskList,
+                        TaskListExists, TaskTimeout, defer, evaluate)
+
+import tasks_core
+
+
+@pytest.fixture
+def tasklist(tmp_path):
+    return TaskList(tmp_path / 'tasklist')
+
+
+def run_all(tasklist, **options):
+    return {task.taskname: task for task in tasklist.run(**options)}
+
+
+# -- the task graph ----------------------------------------------------------
+
+def test_readme_graph_examples():
+    task1 = defer(dict, value=42)
+    assert evaluate(task1) == {'value': 42}
+    assert evaluate(defer(lambda x: x['value'], task1)) == 42
+    assert evaluate(defer(lambda x: x, task1['value'])) == 42
+    assert evaluate(defer({'value': 42})['value']) == 42
+    assert evaluate(defer(list, [23, 42])[1]) == 42
+    error = defer(Exception, 'an error message')
+    assert evaluate(error.args) == ('an error message',)
+    assert evaluate(defer(lambda x: x, error.args[0])) == 'an error message'
+    assert evaluate(defer(42)) == evaluate(defer(lambda x: x, 42)) == 42
+    assert evaluate(defer(dict, alpha='a', beta='b')) == {'alpha': 'a', 'beta': 'b'}
+
+
+def test_parts_nest_to_any_depth_and_calls_on_parts_are_deferred():
+    task = defer(dict, a={'b': [1, {'c': 'deep'}]})
+    assert evaluate(task['a']['b'][1]['c']) == 'deep'
+    resampled = defer(tasks_core.load, 44100).resample(8000)
+    assert isinstance(resampled, runforrest.Task)
+    assert evaluate(resampled.rate) == 8000
+
+
+def test_tasks_inside_lists_tuples_and_dicts_are_evaluated():
+    one, two = defer(1), defer(2)
+    assert evaluate(defer(sum, [one, two, 3])) == 6
+    assert evaluate(defer(tuple, (one, (two,)))) == (1, (2,))
+    assert evaluate(defer(dict, {'x': one, 'y': [two]})) == {'x': 1, 'y': [2]}
+
+
+def test_a_shared_subtask_runs_once(tmp_path):
+    counter = tmp_path / 'count'
+    shared = defer(tasks_core.count_call, str(counter), 5)
+    assert evaluate(defer(lambda a, b, c: a + b + c, shared, shared, [shared][0])) == 15
+    assert counter.read_text() == 'x'
+
+
+def test_deep_chains_meet_no_recursion_limit(tmp_path):
+    task = defer(0)
+    for _ in range(10_000):
+        task = defer(tasks_core.add_one, task)
+    assert evaluate(task) == 10_000
+    tasklist = TaskList(tmp_path / 'deep')
+    tasklist.schedule(task)
+    [result] = tasklist.run(nprocesses=1)
+    assert result.returnvalue == 10_000
+    assert result == task
+
+
+def test_a_task_is_not_iterable_and_keeps_private_names():
+    task = defer(list, [1, 2])
+    with pytest.raises(TypeError, match='index it instead'):
+        list(task)
+    with pytest.raises(AttributeError):
+        task._anything
+    assert task.returnvalue is None and task.metadata is None
+
+
+def test_defer_explains_what_is_wrong():
+    with pytest.raises(TypeError, match='not callable.*defer\\(data\\)'):
+        defer(42, 1)
+    generator = (x for x in range(3))
+    with pytest.raises(NotPicklable, match='argument 0 of identity.*generator'):
+        defer(tasks_core.identity, generator)
+    with pytest.raises(NotPicklable, match='argument numbers= of identity'):
+        defer(tasks_core.identity, numbers=(x for x in range(3)))
+
+
+def test_tasks_compare_equal_after_the_round_trip(tasklist):
+    task = defer(tasks_core.identity, 3)
+    tasklist.schedule(task)
+    [stored] = tasklist.todo_tasks()
+    assert stored == task and hash(stored) == hash(task)
+    assert stored != defer(tasks_core.identity, 3)
+    assert pickle.loads(pickle.dumps(task)) == task
+
+
+# -- the store -----------------------------------------------------------------
+
+def test_an_existing_directory_is_refused_unless_exist_ok(tmp_path):
+    TaskList(tmp_path / 'list').schedule(defer(1))
+    with pytest.raises(TaskListExists, match='exist_ok=True'):
+        TaskList(tmp_path / 'list')
+    kept = TaskList(tmp_path / 'list', exist_ok=True, pre_clean=False)
+    assert len(list(kept.todo_tasks())) == 1
+    emptied = TaskList(tmp_path / 'list', exist_ok=True)
+    assert list(emptied.todo_tasks()) == []
+
+
+def test_a_directory_that_is_not_a_task_list_is_never_touched(tmp_path):
+    (tmp_path / 'thesis').mkdir()
+    (tmp_path / 'thesis' / 'chapter1.tex').write_text('precious')
+    with pytest.raises(NotATaskList, match='not a task list'):
+        TaskList(tmp_path / 'thesis', exist_ok=True)
+    with pytest.raises(NotATaskList):
+        TaskList.open(tmp_path / 'thesis')
+    assert (tmp_path / 'thesis' / 'chapter1.tex').read_text() == 'precious'
+
+
+def test_post_clean_removes_the_list_when_discarded(tmp_path):
+    with TaskList(tmp_path / 'a', post_clean=True) as tasklist:
+        tasklist.schedule(defer(1))
+    assert not (tmp_path / 'a').exists()
+    tasklist = TaskList(tmp_path / 'b', post_clean=True)
+    del tasklist
+    assert not (tmp_path / 'b').exists()
+
+
+def test_noschedule_if_exist_resumes_the_remaining_tasks(tmp_path):
+    first = TaskList(tmp_path / 'list', noschedule_if_exist=True)
+    for value in range(3):
+        first.schedule(defer(tasks_core.identity, value))
+    assert len(list(first.todo_tasks())) == 3
+    again = TaskList(tmp_path / 'list', noschedule_if_exist=True)
+    for value in range(3):
+        assert again.schedule(defer(tasks_core.identity, value)) is None
+    assert sorted(task.returnvalue for task in again.run(nprocesses=2)) == [0, 1, 2]
+
+
+def test_names_sort_in_schedule_order_and_run_starts_in_that_order(tasklist):
+    names = [tasklist.schedule(defer(tasks_core.timed, 0.01), metadata=n) for n in range(12)]
+    assert names == sorted(names) and names[0] == '00000001-timed'
+    assert [task.metadata for task in tasklist.run(nprocesses=1)] == list(range(12))
+
+
+def test_schedule_takes_tasks_only(tasklist):
+    with pytest.raises(TypeError, match='defer'):
+        tasklist.schedule(tasks_core.identity)
+
+
+def test_logfile_takes_output_and_diagnostics(tmp_path, capfd):
+    log = tmp_path / 'log.txt'
+    tasklist = TaskList(tmp_path / 'list', logfile=str(log))
+    tasklist.schedule(defer(print, 'hello from the task'))
+    tasklist.schedule(defer(tasks_core.fail, 'boom'))
+    run_all(tasklist, nprocesses=2)
+    text = log.read_text()
+    assert 'hello from the task' in text
+    assert 'start 00000001-print' in text and 'done 00000001-print' in text
+    assert 'fail 00000002-fail' in text and 'ValueError: boom' in text
+    assert 'hello from the task' not in capfd.readouterr().out
+
+
+def test_without_logfile_task_output_reaches_the_terminal(tasklist, capfd):
+    tasklist.schedule(defer(print, 'visible'))
+    run_all(tasklist, nprocesses=1)
+    assert 'visible' in capfd.readouterr().out
+
+
+# -- running -------------------------------------------------------------------
+
+def test_readme_loop_yields_every_task_with_its_outcome(tasklist):
+    for item in range(4):
+        task = defer(tasks_core.prepare, item)
+        task = defer(tasks_core.dostuff, task[1], task['thing'])
+        tasklist.schedule(task, metadata={'item': item})
+    tasklist.schedule(defer(tasks_core.fail, 'bad item'), metadata={'item': 'bad'})
+    run = tasklist.run(nprocesses=2)
+    assert len(run) == 5
+    results = {task.metadata['item']: task for task in run}
+    assert {item: results[item].returnvalue for item in range(4)} == {0: 1, 1: 12, 2: 23, 3: 34}
+    failed = results['bad']
+    assert isinstance(failed.errorvalue, ValueError) and str(failed.errorvalue) == 'bad item'
+    assert 'in fail' in failed.traceback and failed.runtime > 0
+    assert sorted(t.metadata['item'] for t in tasklist.done_tasks()) == [0, 1, 2, 3]
+    assert [t.errorvalue.args for t in tasklist.fail_tasks()] == [('bad item',)]
+    assert list(tasklist.todo_tasks()) == []
+
+
+@pytest.mark.parametrize('start_method', ['forkserver', 'spawn'])
+def test_each_task_gets_a_fresh_process_in_its_own_group(tasklist, start_method):
+    for _ in range(4):
+        tasklist.schedule(defer(tasks_core.timed, 0.2))
+    results = [task.returnvalue for task in tasklist.run(nprocesses=2, start_method=start_method)]
+    pids = {result['pid'] for result in results}
+    assert len(pids) == 4 and os.getpid() not in pids
+    assert all(result['pgid'] == result['pid'] for result in results)
+    intervals = sorted((r['start'], r['end']) for r in results)
+    overlapping = max(sum(1 for s, e in intervals if s <= start < e) for start, _ in intervals)
+    assert overlapping <= 2
+
+
+def test_state_of_one_task_is_not_seen_by_the_next(tasklist):
+    tasklist.schedule(defer(setattr, tasks_core, 'leaked', 'yes'))
+    tasklist.schedule(defer(getattr, tasks_core, 'leaked', 'no'))
+    assert [task.returnvalue for task in tasklist.run(nprocesses=1)] == [None, 'no']
+
+
+def test_default_nprocesses_is_the_cpus_we_may_use(tasklist):
+    assert tasklist.run().nprocesses == len(os.sched_getaffinity(0))
+
+
+def test_impossible_options_are_refused(tasklist):
+    for options, message in [({'nprocesses': 0}, 'nprocesses'), ({'autokill': -1}, 'autokill'),
+                             ({'memory_limit': 'lots'}, 'memory_limit'),
+                             ({'start_method': 'teleport'}, 'start_method'),
+                             ({'retries': -1}, 'retries'),
+                             ({'preload': ['numpy'], 'start_method': 'spawn'}, 'preload'),
+                             ({'executor': 'cluster'}, 'executor')]:
+        with pytest.raises((ValueError, TypeError), match=message):
+            tasklist.run(**options)
+
+
+def test_autokill_fails_the_task_and_says_why(tasklist):
+    tasklist.schedule(defer(tasks_core.sleep_forever))
+    tasklist.schedule(defer(tasks_core.identity, 'fine'))
+    results = run_all(tasklist, nprocesses=2, autokill=1)
+    killed = results['00000001-sleep_forever'].errorvalue
+    assert isinstance(killed, TaskTimeout) and 'killed after 1 s' in str(killed)
+    assert results['00000002-identity'].returnvalue == 'fine'
+    assert [t.taskname for t in tasklist.fail_tasks()] == ['00000001-sleep_forever']
+
+
+def test_print_errors_prints_the_traceback_as_it_happens(tasklist, capfd):
+    tasklist.schedule(defer(tasks_core.fail, 'loudly'))
+    run_all(tasklist, nprocesses=1, print_errors=True)
+    err = capfd.readouterr().err
+    assert 'Traceback' in err and 'ValueError: loudly' in err and 'in fail' in err
+
+
+def test_a_failed_task_moved_back_to_todo_runs_again(tasklist):
+    tasklist.schedule(defer(tasks_core.fail, 'once'))
+    run_all(tasklist, nprocesses=1)
+    [name] = [t.taskname for t in tasklist.fail_tasks()]
+    os.rename(tasklist._path('fail', name), tasklist._path('todo', name))
+    [again] = tasklist.run(nprocesses=1)
+    assert again.taskname == name and str(again.errorvalue) == 'once'
+
+
+def test_clean_removes_selectively_and_leaves_the_list_usable(tasklist):
+    tasklist.schedule(defer(tasks_core.identity, 1))
+    tasklist.schedule(defer(tasks_core.fail, 'x'))
+    run_all(tasklist, nprocesses=2)
+    tasklist.schedule(defer(tasks_core.identity, 2))
+    tasklist.clean(clean_todo=False, clean_done=False)
+    assert [len(list(tasklist._names(s))) for s in ('todo', 'done', 'fail')] == [1, 1, 0]
+    tasklist.clean()
+    assert not os.path.exists(tasklist.directory)
+    tasklist.schedule(defer(tasks_core.identity, 3))
+    assert [task.returnvalue for task in tasklist.run(nprocesses=1)] == [3]
+
+
+def test_tasks_run_with_the_drivers_directory_and_import_path(tmp_path):
+    """A function in a module next to the driver script, reading a file
+    relative to the driver's working directory."""
+    project = tmp_path / 'project'
+    project.mkdir()
+    (project / 'helpers.py').write_text('def shout(text):\n    return text.upper()\n')
+    (project / 'data.txt').write_text('from the working directory')
+    (project / 'driver.py').write_text(textwrap.dedent('''
+        import helpers, tasks_core
+        from runforrest import TaskList, defer
+        tasklist = TaskList('list')
+        tasklist.schedule(defer(helpers.shout, 'next to the script'))
+        tasklist.schedule(defer(tasks_core.read_relative, 'data.txt'))
+        for method in ('forkserver', 'spawn'):
+            for task in tasklist.run(nprocesses=2, start_method=method):
+                print(task.returnvalue, task.errorvalue)
+            tasklist.retry()
+            for name in tasklist._names('done'):
+                import os; os.replace(tasklist._path('done', name), tasklist._path('todo', name))
+    '''))
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(tasks_core.__file__))
+    done = subprocess.run([sys.executable, str(project / 'driver.py')], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count('NEXT TO THE SCRIPT None') == 2
+    assert done.stdout.count('from the working directory None') == 2
+
+
+def test_save_session_gives_tasks_the_drivers_main_globals(tmp_path):
+    script = tmp_path / 'driver.py'
+    script.write_text(textwrap.dedent('''
+        import tasks_core
+        from runforrest import TaskList, defer
+        SETTING = 'from the session'
+        tasklist = TaskList('list')
+        tasklist.schedule(defer(tasks_core.main_global, 'SETTING'))
+        [without] = tasklist.run(nprocesses=1)
+        tasklist.retry()
+        [with_session] = tasklist.run(nprocesses=1, save_session=True)
+        print(type(without.errorvalue).__name__, with_session.returnvalue)
+    '''))
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(tasks_core.__file__))
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split('\n')[-2] == 'AttributeError from the session'
+
+
+# -- running by hand -------------------------------------------------------------
+
+def run_by_hand(*args):
+    return subprocess.run([sys.executable, '-m', 'runforrest', *map(str, args)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_task_file_runs_by_hand(tasklist, tmp_path):
+    tasklist.schedule(defer(tasks_core.dostuff, 1, 2))
+    tasklist.schedule(defer(tasks_core.fail, 'by hand'))
+    good, bad = (tasklist._path('todo', name) for name in tasklist._names('todo'))
+    done = run_by_hand(good, tmp_path / 'good.pkl')
+    assert done.returncode == 0
+    assert runforrest.read_task(tmp_path / 'good.pkl').returnvalue == 3
+    failed = run_by_hand(bad, tmp_path / 'bad.pkl', '-p')
+    assert failed.returncode == 1 and 'ValueError: by hand' in failed.stderr
+    raised = run_by_hand(bad, tmp_path / 'bad.pkl', '--do_raise')
+    assert raised.returncode == 1 and 'in fail' in raised.stderr and 'raise ValueError' in raised.stderr
+    assert os.path.exists(bad)  # running by hand moves nothing
+
+
+def test_a_missing_task_file_is_named(tmp_path):
+    done = run_by_hand(tmp_path / 'nothing.pkl', tmp_path / 'out.pkl')
+    assert done.returncode == 2 and 'nothing.pkl does not exist' in done.stderr
+    with pytest.raises(TaskFileError, match='nothing.pkl does not exist'):
+        runforrest.read_task(tmp_path / 'nothing.pkl')
+    (tmp_path / 'junk.pkl').write_bytes(b'not a pickle at all')
+    with pytest.raises(TaskFileError, match='junk.pkl is not a readable task file'):
+        runforrest.read_task(tmp_path / 'junk.pkl')

@@ -1,0 +1,62 @@
+"""Each example runs, as a user would run it, and says what it promises."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_example(name):
+    done = subprocess.run([sys.executable, os.path.join('examples', name)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_quickstart():
+    output = run_example('quickstart.py')
+    assert 'item 2 -> thing-2: 4' in output
+    assert 'item 5 -> thing-5: 25' in output
+    assert 'item 3 failed: ValueError: thing-3 is unlucky' in output
+    assert 'task list removed: True' in output
+
+
+def test_resume():
+    output = run_example('resume.py')
+    assert 'first driver killed after 3 of 8 tasks' in output
+    assert 'todo: 0 done: 8' in output
+    assert 'every task finished exactly once: True' in output
+
+
+def test_debug_failed_task():
+    output = run_example('debug_failed_task.py')
+    assert "failed: 00000003-count_words FileNotFoundError(2, 'No such file or directory')" in output
+    assert 'its output: counting the words of three.txt' in output
+    show = output.split('$ runforrest show', 1)[1]
+    assert "call      count_words('" in show
+    assert 'in count_words\n    with open(path) as file:' in show
+    assert 'exit status: 1' in output
+    assert '1 failed task moved back to todo/' in output
+    assert '00000003-count_words done, with 4 words' in output
+    assert 'failed tasks left: 0' in output
+
+
+def test_map():
+    output = run_example('map.py')
+    for line in ('squares: [0, 1, 4, 9, 16]', 'shifted: [101, 102, 103]', 'star: [8, 9]',
+                 'kwstar: [1024, 27]', 'extras: [2, 2, 4]',
+                 "reciprocal: ZeroDivisionError('division by zero')",
+                 "autokill: ['NoneType', 'TaskTimeout'] after 1 s, not 60"):
+        assert line in output
+
+
+@pytest.mark.parametrize('name', ['quickstart.py', 'resume.py', 'debug_failed_task.py', 'map.py'])
+def test_examples_leave_nothing_behind(name, tmp_path):
+    # run from an empty directory: nothing may appear in it
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'examples', name)],
+                          cwd=tmp_path, capture_output=True, timeout=60)
+    assert done.returncode == 0
+    assert os.listdir(tmp_path) == []
