@@ -398,6 +398,11 @@ def main():
           f'peers start with {multiprocessing.get_start_method()}, '
           f'{"quick" if options.quick else "full"} sizes, median of {options.repeat}')
     options.workdir = tempfile.mkdtemp(prefix='runforrest-bench-', dir=options.workdir)
+    # Spawned task processes load runforrest from cached bytecode, as from an
+    # installed copy, even where PYTHONDONTWRITEBYTECODE is set (compiling it
+    # anew costs more than starting the interpreter); the cache goes away too.
+    os.environ.pop('PYTHONDONTWRITEBYTECODE', None)
+    os.environ['PYTHONPYCACHEPREFIX'] = os.path.join(options.workdir, 'pycache')
     try:
         for name in chosen:
             n = SIZES[name][options.quick]

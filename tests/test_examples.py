@@ -4,35 +4,37 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_example(name):
+def run_example(name, tmp_path):
+    """Run examples/name from the repository's root, with its temporary
+    files in tmp_path, which it must leave empty."""
     done = subprocess.run([sys.executable, os.path.join('examples', name)], cwd=ROOT,
+                          env={**os.environ, 'TMPDIR': str(tmp_path)},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+    assert os.listdir(tmp_path) == []
     return done.stdout
 
 
-def test_quickstart():
-    output = run_example('quickstart.py')
+def test_quickstart(tmp_path):
+    output = run_example('quickstart.py', tmp_path)
     assert 'item 2 -> thing-2: 4' in output
     assert 'item 5 -> thing-5: 25' in output
     assert 'item 3 failed: ValueError: thing-3 is unlucky' in output
     assert 'task list removed: True' in output
 
 
-def test_resume():
-    output = run_example('resume.py')
+def test_resume(tmp_path):
+    output = run_example('resume.py', tmp_path)
     assert 'first driver killed after 3 of 8 tasks' in output
     assert 'todo: 0 done: 8' in output
     assert 'every task finished exactly once: True' in output
 
 
-def test_debug_failed_task():
-    output = run_example('debug_failed_task.py')
+def test_debug_failed_task(tmp_path):
+    output = run_example('debug_failed_task.py', tmp_path)
     assert "failed: 00000003-count_words FileNotFoundError(2, 'No such file or directory')" in output
     assert 'its output: counting the words of three.txt' in output
     show = output.split('$ runforrest show', 1)[1]
@@ -44,19 +46,11 @@ def test_debug_failed_task():
     assert 'failed tasks left: 0' in output
 
 
-def test_map():
-    output = run_example('map.py')
+def test_map(tmp_path):
+    output = run_example('map.py', tmp_path)
     for line in ('squares: [0, 1, 4, 9, 16]', 'shifted: [101, 102, 103]', 'star: [8, 9]',
                  'kwstar: [1024, 27]', 'extras: [2, 2, 4]',
                  "reciprocal: ZeroDivisionError('division by zero')",
                  "autokill: ['NoneType', 'TaskTimeout'] after 1 s, not 60"):
         assert line in output
 
-
-@pytest.mark.parametrize('name', ['quickstart.py', 'resume.py', 'debug_failed_task.py', 'map.py'])
-def test_examples_leave_nothing_behind(name, tmp_path):
-    # run from an empty directory: nothing may appear in it
-    done = subprocess.run([sys.executable, os.path.join(ROOT, 'examples', name)],
-                          cwd=tmp_path, capture_output=True, timeout=60)
-    assert done.returncode == 0
-    assert os.listdir(tmp_path) == []

@@ -1,0 +1,62 @@
+"""Task functions for the everyday-use tests: importable, so that task
+processes find them (pytest puts tests/ on sys.path, and the driver passes
+its sys.path on)."""
+
+import os
+import time
+
+
+def square(x):
+    return x * x
+
+
+def fail(message):
+    print('about to fail')
+    raise ValueError(message)
+
+
+def divide(a, b):
+    return a / b
+
+
+def hang():
+    time.sleep(600)
+
+
+def crash():
+    import ctypes
+    ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+
+def arguments(*args, **kwargs):
+    """What it was called with, to check how pmap passes items."""
+    return args, kwargs
+
+
+def step(result, wait=None, create=None):
+    """Create the file `create`, wait until the file `wait` exists, then
+    return result, or raise it if it is an exception: lets a test choose
+    the order in which tasks end. Gives up waiting after 20 s, returning
+    'gave up' instead."""
+    if create:
+        open(create, 'w').close()
+    deadline = time.monotonic() + 20
+    while wait and not os.path.exists(wait):
+        if time.monotonic() > deadline:
+            return 'gave up'
+        time.sleep(0.01)
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def print_lines(tag, count):
+    for number in range(count):
+        print(f'{tag} {number}')
+    return tag
+
+
+def main_global(name):
+    """A global of __main__, as a session file provides it."""
+    import __main__
+    return getattr(__main__, name)

@@ -1,0 +1,298 @@
+"""The command line: `runforrest COMMAND ...` to look after a task list, and
+`python -m runforrest TASKFILE RESULTFILE` to run one task by hand."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+import runforrest
+from runforrest import TaskList, defer
+
+import tasks_everyday as tasks
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def cli(*arguments, cwd=TESTS, command=(sys.executable, '-m', 'runforrest')):
+    """Run the command line tool; cwd=TESTS makes the task functions
+    importable, as they are where a user runs it from their project."""
+    return subprocess.run([*command, *map(str, arguments)], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """A list with 3 done, 3 failed (2 ValueError, 1 ZeroDivisionError), 1 todo."""
+    tasklist = TaskList(tmp_path / 'tasklist')
+    for x in range(3):
+        tasklist.schedule(defer(tasks.square, x), metadata={'x': x})
+    tasklist.schedule(defer(tasks.fail, 'one'), metadata={'x': 'a'})
+    tasklist.schedule(defer(tasks.fail, 'two'))
+    tasklist.schedule(defer(tasks.divide, 1, 0))
+    assert len(list(tasklist.run(nprocesses=2))) == 6
+    tasklist.schedule(defer(tasks.square, 9))
+    return tasklist
+
+
+def names(tasklist, state):
+    """The names of the tasks in one state, from the files."""
+    return sorted(name[:-len('.pkl')]
+                  for name in os.listdir(os.path.join(tasklist.directory, state)))
+
+
+# -- status ---------------------------------------------------------------
+
+def test_status_counts_groups_failures_by_type_and_sums_runtime(mixed):
+    done = cli('status', mixed.directory)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f'{mixed.directory}: 1 todo, 3 done, 3 fail, 0 running'
+    assert lines[1] == 'failures:'
+    assert lines[2].split()[:2] == ['2', 'ValueError']  # the bigger group first
+    assert 'e.g. 00000004-fail: ValueError: one' in lines[2]
+    assert lines[3].split()[:2] == ['1', 'ZeroDivisionError']
+    assert lines[4].startswith('runtime: total ') and 'median' in lines[4]
+
+
+def test_status_json(mixed):
+    data = json.loads(cli('status', mixed.directory, '--json').stdout)
+    assert (data['todo'], data['done'], data['fail'], data['running']) == (1, 3, 3, 0)
+    assert data['driver'] is None
+    assert data['failures']['ValueError']['tasks'] == ['00000004-fail', '00000005-fail']
+    assert data['failures']['ZeroDivisionError']['count'] == 1
+    assert data['runtime']['count'] == 6
+    assert 0 < data['runtime']['max'] <= data['runtime']['total']
+
+
+def test_the_console_script_and_python_m_are_the_same_tool(mixed, tmp_path):
+    script = (shutil.which('runforrest', path=os.path.dirname(sys.executable))
+              or shutil.which('runforrest'))
+    assert script, 'the runforrest console script is not installed'
+    status = cli('status', mixed.directory, command=[script])
+    assert status.returncode == 0
+    assert status.stdout == cli('status', mixed.directory).stdout
+    taskfile = os.path.join(mixed.directory, 'todo', '00000007-square.pkl')
+    assert cli(taskfile, tmp_path / 'out.pkl', command=[script]).returncode == 0
+    assert runforrest.read_task(tmp_path / 'out.pkl').returnvalue == 81
+
+
+# -- run ------------------------------------------------------------------
+
+def test_run_resumes_a_list_made_by_a_script(tmp_path):
+    tasklist = TaskList(tmp_path / 'tasklist')
+    for x in range(4):
+        tasklist.schedule(defer(tasks.square, x))
+    tasklist.schedule(defer(tasks.hang))
+    for task in tasklist.run(nprocesses=1):
+        break  # the script stops after one task; the rest stays in todo/
+    assert len(names(tasklist, 'todo')) == 4
+
+    started = time.monotonic()
+    done = cli('run', tasklist.directory, '-n', 2, '--autokill', 1)
+    assert time.monotonic() - started < 30
+    assert done.returncode == 1  # one task failed
+    assert done.stdout.splitlines()[-1] == \
+        f'3 done, 1 failed; see: runforrest status {tasklist.directory}'
+    assert sorted(task.returnvalue for task in tasklist.done_tasks()) == [0, 1, 4, 9]
+    [hung] = tasklist.fail_tasks()
+    assert isinstance(hung.errorvalue, runforrest.TaskTimeout)
+    assert names(tasklist, 'todo') == []
+
+
+# -- retry ----------------------------------------------------------------
+
+def test_retry_by_prefix_by_error_type_and_all(mixed):
+    done = cli('retry', mixed.directory, '00000004')
+    assert (done.returncode, done.stdout) == (0, '1 failed task moved back to todo/\n')
+    assert names(mixed, 'fail') == ['00000005-fail', '00000006-divide']
+
+    done = cli('retry', mixed.directory, '--error', 'ZeroDivisionError', '--json')
+    assert json.loads(done.stdout) == ['00000006-divide']
+
+    assert cli('retry', mixed.directory).stdout == '1 failed task moved back to todo/\n'
+    assert names(mixed, 'fail') == []
+    assert len(names(mixed, 'todo')) == 4
+
+
+def test_retry_by_full_name_and_several_at_once(mixed):
+    done = cli('retry', mixed.directory, '00000004-fail', '00000006')
+    assert done.stdout == '2 failed tasks moved back to todo/\n'
+    assert names(mixed, 'fail') == ['00000005-fail']
+
+
+# -- show -----------------------------------------------------------------
+
+def test_show_tells_everything_about_a_failed_task(mixed):
+    by_file = cli('show', os.path.join(mixed.directory, 'fail', '00000004-fail.pkl'))
+    by_prefix = cli('show', os.path.join(mixed.directory, '00000004'))
+    assert by_file.returncode == by_prefix.returncode == 0
+    assert by_file.stdout == by_prefix.stdout
+    text = by_file.stdout
+    assert text.startswith('task      00000004-fail (fail)\n')
+    assert "call      fail('one')" in text
+    assert "metadata  {'x': 'a'}" in text
+    assert 'runtime   ' in text
+    assert 'error     ValueError: one' in text
+    traceback = text.split('traceback:\n', 1)[1]
+    assert 'tasks_everyday.py' in traceback and 'raise ValueError(message)' in traceback
+    assert text.rstrip().endswith('00000004-fail.log):\nabout to fail')
+
+
+def test_show_json(mixed):
+    data = json.loads(cli('show', os.path.join(mixed.directory, '00000002'), '--json').stdout)
+    assert data['name'] == '00000002-square' and data['state'] == 'done'
+    assert data['call'] == 'square(1)'
+    assert data['metadata'] == {'x': 1}
+    assert data['error'] is None and data['traceback'] is None
+    assert data['runtime'] > 0
+    assert data['output'] == ''
+
+
+def test_show_finds_the_tasks_module_as_the_driver_did(tmp_path):
+    """The usual setup: a script and its module side by side, and the
+    console script run from there; its own sys.path lacks the script's
+    directory, but the task file records the driver's."""
+    (tmp_path / 'mymodule.py').write_text('def boom(x):\n    raise ValueError(x)\n')
+    (tmp_path / 'script.py').write_text(
+        'import mymodule\nfrom runforrest import TaskList, defer\n'
+        "tasklist = TaskList('tasklist')\n"
+        "tasklist.schedule(defer(mymodule.boom, 7), metadata='seven')\n"
+        'for task in tasklist.run():\n    pass\n')
+    subprocess.run([sys.executable, 'script.py'], cwd=tmp_path, check=True, timeout=60)
+    script = shutil.which('runforrest', path=os.path.dirname(sys.executable))
+    done = cli('show', 'tasklist/00000001', cwd=tmp_path, command=[script])
+    assert 'unreadable' not in done.stdout
+    assert 'call      boom(7)' in done.stdout
+    assert "metadata  'seven'" in done.stdout
+
+
+# -- clean ----------------------------------------------------------------
+
+def test_clean_only_the_failed_tasks(mixed):
+    done = cli('clean', mixed.directory, '--fail')
+    assert (done.returncode, done.stdout) == (0, f'removed fail tasks of {mixed.directory}\n')
+    assert names(mixed, 'fail') == []
+    assert len(names(mixed, 'done')) == 3 and len(names(mixed, 'todo')) == 1
+    assert sorted(os.listdir(os.path.join(mixed.directory, 'output'))) == \
+        ['00000001-square.log', '00000002-square.log', '00000003-square.log']
+
+
+def test_clean_everything_removes_the_directory(mixed):
+    done = cli('clean', mixed.directory)
+    assert done.stdout == f'removed todo, done, fail tasks of {mixed.directory}\n'
+    assert not os.path.exists(mixed.directory)
+
+
+# -- errors in use ----------------------------------------------------------
+
+@pytest.mark.parametrize('case', ['not a task list', 'unknown task', 'ambiguous prefix'])
+def test_mistakes_get_one_clear_line_and_a_failing_status(mixed, tmp_path, case):
+    (tmp_path / 'notes').mkdir()
+    command, expected = {
+        'not a task list': (['status', tmp_path / 'notes'], 'is not a task list'),
+        'unknown task': (['show', os.path.join(mixed.directory, 'nosuchtask')],
+                         'no task named nosuchtask'),
+        'ambiguous prefix': (['show', os.path.join(mixed.directory, '0000000')],
+                             '0000000 fits 7 tasks'),
+    }[case]
+    done = cli(*command)
+    assert done.returncode != 0
+    assert done.stdout == ''
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f'runforrest {command[0]}: ') and expected in line
+
+
+def test_retry_of_an_unknown_task_is_refused(mixed):
+    done = cli('retry', mixed.directory, '00000001')  # done, not failed
+    assert done.returncode != 0
+    assert 'no task named 00000001' in done.stderr
+    assert names(mixed, 'done')[0] == '00000001-square'
+
+
+# -- one task file, by hand -------------------------------------------------
+
+@pytest.fixture
+def taskfile(tmp_path):
+    """Schedule a task; return the path of its task file."""
+    tasklist = TaskList(tmp_path / 'tasklist')
+
+    def make(fun, *args):
+        return os.path.join(tasklist.directory, 'todo',
+                            tasklist.schedule(defer(fun, *args)) + '.pkl')
+    return make
+
+
+def test_a_task_file_that_succeeds(taskfile, tmp_path):
+    done = cli(taskfile(tasks.square, 5), tmp_path / 'out.pkl')
+    assert (done.returncode, done.stderr) == (0, '')
+    assert runforrest.read_task(tmp_path / 'out.pkl').returnvalue == 25
+
+
+def test_a_task_file_that_fails(taskfile, tmp_path):
+    done = cli(taskfile(tasks.fail, 'oops'), tmp_path / 'out.pkl')
+    assert done.returncode == 1
+    assert done.stdout == 'about to fail\n' and done.stderr == ''
+    result = runforrest.read_task(tmp_path / 'out.pkl')
+    assert isinstance(result.errorvalue, ValueError)
+    assert 'raise ValueError(message)' in result.traceback
+
+
+@pytest.mark.parametrize('flag', ['-p', '--do_print'])
+def test_print_shows_the_traceback(taskfile, tmp_path, flag):
+    done = cli(taskfile(tasks.fail, 'oops'), tmp_path / 'out.pkl', flag)
+    assert done.returncode == 1
+    assert done.stderr.startswith('Traceback (most recent call last):')
+    assert done.stderr.rstrip().endswith('ValueError: oops')
+
+
+@pytest.mark.parametrize('flag', ['-r', '--do_raise'])
+def test_raise_reraises_with_the_real_traceback(taskfile, tmp_path, flag):
+    done = cli(taskfile(tasks.fail, 'oops'), tmp_path / 'out.pkl', flag)
+    assert done.returncode == 1
+    # The task function's own frame is there, for a debugger to stop in.
+    assert 'tasks_everyday.py", line' in done.stderr and ', in fail\n' in done.stderr
+    assert done.stderr.rstrip().endswith('ValueError: oops')
+    assert os.path.exists(tmp_path / 'out.pkl')  # written before raising
+
+
+@pytest.mark.parametrize('flag', ['-s', '--sessionfile'])
+def test_a_session_file_provides_the_drivers_globals(taskfile, tmp_path, flag):
+    session = tmp_path / 'session.pkl'
+    subprocess.run([sys.executable, '-c', "import dill; GREETING = 'hello'; "
+                    f'dill.dump_module({str(session)!r})'], check=True, timeout=60)
+    done = cli(taskfile(tasks.main_global, 'GREETING'), tmp_path / 'out.pkl', flag, session)
+    assert done.returncode == 0, done.stderr
+    assert runforrest.read_task(tmp_path / 'out.pkl').returnvalue == 'hello'
+
+
+def test_relative_paths_are_relative_to_where_the_command_runs(taskfile, tmp_path):
+    # The task runs in the driver's directory, yet the files named on
+    # the command line are where the user is.
+    todo = os.path.relpath(taskfile(tasks.main_global, 'GREETING'), tmp_path)
+    subprocess.run([sys.executable, '-c', "import dill; GREETING = 'hello'; "
+                    "dill.dump_module('session.pkl')"], cwd=tmp_path, check=True, timeout=60)
+    done = cli(todo, 'out.pkl', '-s', 'session.pkl', '-p', cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert os.path.exists(tmp_path / 'out.pkl')
+
+
+def test_a_missing_task_file_is_a_usage_error(tmp_path):
+    done = cli(tmp_path / 'nosuch.pkl', tmp_path / 'out.pkl')
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert 'nosuch.pkl does not exist' in line
+    assert not os.path.exists(tmp_path / 'out.pkl')
+
+
+def test_autokill_stops_a_hanging_task_and_records_why(taskfile, tmp_path):
+    started = time.monotonic()
+    done = cli(taskfile(tasks.hang), tmp_path / 'out.pkl', '--autokill', 0.5)
+    assert time.monotonic() - started < 30
+    assert done.returncode == 1
+    error = runforrest.read_task(tmp_path / 'out.pkl').errorvalue
+    assert isinstance(error, runforrest.TaskTimeout) and error.seconds == 0.5

@@ -1,0 +1,1058 @@
+"""Fault tests: every way a task (or the driver) can fail, inflicted for real.
+
+Each fault runs inside a batch of healthy tasks, and each test checks that
+the healthy tasks' results come back and are stored in done/, that the
+faulty task is yielded and filed in fail/ with an error that states the real
+cause, that no process of the task is left running, and that the run goes on.
+Task functions live in tests/faulty.py; tasks that must be watched write a
+marker with their pids, and the tests poll (with deadlines) until those
+processes are gone.
+
+Covered:
+- a task raises: the exception and a traceback naming the function; an
+  exception that cannot be pickled (holds a socket; __init__ needs two
+  arguments) arrives as UnpicklableException with type name, message and
+  traceback; one that holds a lock keeps its type name.
+- a task segfaults, aborts, SIGKILLs itself (TaskCrashed naming the signal),
+  calls os._exit(3) (exit code 3), closes its stdout and stderr (still done).
+- a task hangs, alone, with a `sleep 1000` child, with a multiprocessing
+  child: autokill kills the whole group, TaskTimeout says so.
+- a task uses too much memory: memory_limit kills it, TaskOutOfMemory.
+- a task returns an unpicklable object (generator, socket): UnpicklableResult.
+- a task returns 300 MB: it arrives intact, and the driver's peak memory
+  grows by about one copy (driver in a subprocess).
+- a task prints 20 MB, with and without a logfile: nothing blocks, the
+  output is complete in output/NAME.log (and the logfile, or the driver's
+  stdout), and the driver's memory does not grow with it.
+- a task forks or starts threads until the system refuses (RLIMIT_NPROC, with
+  the driver running as an unprivileged user): the healthy tasks still
+  complete; tasks see OMP_NUM_THREADS=1 etc. unless the user set them.
+- retries=1: a task that crashes once ends in done/, one that always
+  crashes ends in fail/ after two attempts.
+- the driver is SIGKILLed at random points of scheduling, starting and
+  recording; the next run finishes every scheduled task exactly once, and
+  re-runs only the tasks that were in flight. A SIGKILLed driver's task
+  processes die with it (the lifeline).
+- Ctrl-C, an exception in the loop body, `break`: running tasks are killed
+  at once and stay in todo/, results in done/ stay intact.
+- a kill in the middle of writing a result leaves only a hidden .tmp file,
+  which the next run removes.
+- garbage, empty, truncated and unloadable files in todo/ fail that task
+  alone with TaskFileError; done_tasks()/fail_tasks() raise on, or skip with
+  a warning, a damaged file.
+- a second driver on the same list gets TaskListBusy.
+- the disk fills up while a task writes its result (a 2 MB tmpfs).
+"""
+
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import runforrest
+from runforrest import (TaskCrashed, TaskFileError, TaskList, TaskListBusy,
+                        TaskOutOfMemory, TaskTimeout, UnpicklableException,
+                        UnpicklableResult, defer)
+
+try:
+    import faulty
+except ImportError:  # tests/ became a package: pytest put its parent on sys.path
+    from tests import faulty
+
+
+START_METHODS = ['forkserver', 'spawn']
+DEADLINE = 30   # seconds: the longest any single wait may take
+PROMPTLY = 10   # seconds: "killed at once", with room for a busy machine
+MiB = 1 << 20
+
+
+# ---------------------------------------------------------------------------
+# Helpers: waiting, processes, directories
+# ---------------------------------------------------------------------------
+
+def wait_for(condition, what, timeout=DEADLINE, interval=0.02):
+    """Poll condition() until it returns something true, and return that;
+    fail with a message naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f'timed out after {timeout} s waiting for {what}')
+        time.sleep(interval)
+
+
+def _stat(pid):
+    """Fields of /proc/PID/stat after the command name, or None."""
+    try:
+        with open(f'/proc/{pid}/stat', 'rb') as file:
+            return file.read().rpartition(b')')[2].split()
+    except OSError:
+        return None
+
+
+def is_alive(pid, started=None):
+    """Whether the process runs; a zombie is dead, and so is a process whose
+    start time differs from `started` (its pid was reused)."""
+    fields = _stat(pid)
+    if fields is None or fields[0] == b'Z':
+        return False
+    return started is None or int(fields[19]) == started
+
+
+def session_members(sid):
+    """Live processes of the session sid (the processes a driver started
+    with start_new_session=True, and all their descendants, left)."""
+    members = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            fields = _stat(entry)
+            if fields and fields[0] != b'Z' and int(fields[3]) == sid:
+                members.append(int(entry))
+    return members
+
+
+def read_marker(path):
+    with open(path) as file:
+        return json.load(file)
+
+
+def wait_marker(path, what='the task to start'):
+    wait_for(lambda: os.path.exists(path), f'{what} (marker {path})')
+    return read_marker(path)
+
+
+def marker_processes(path):
+    return [tuple(process) for process in read_marker(path)['processes']]
+
+
+def wait_gone(processes, what, timeout=PROMPTLY):
+    processes = list(processes)
+    wait_for(lambda: not any(is_alive(pid, started) for pid, started in processes),
+             f'{what} to end (still alive: '
+             f'{[pid for pid, started in processes if is_alive(pid, started)]})',
+             timeout=timeout)
+
+
+def names(directory, state):
+    """Visible task names in DIR/state, sorted."""
+    path = os.path.join(directory, state)
+    if not os.path.isdir(path):
+        return []
+    return sorted(entry[:-4] for entry in os.listdir(path)
+                  if entry.endswith('.pkl') and not entry.startswith('.'))
+
+
+def hidden_files(directory):
+    return sorted(os.path.relpath(path, directory)
+                  for state in ('todo', 'done', 'fail', 'collect')
+                  for path in glob.glob(os.path.join(directory, state, '.*')))
+
+
+def layout(directory):
+    return {state: names(directory, state) for state in ('todo', 'done', 'fail', 'collect')}
+
+
+class Processes:
+    """What a test started that might outlive it: drivers in subprocesses
+    (each in a session of its own) and task processes known by markers.
+    Teardown kills what is left, so that a failing test leaves nothing."""
+
+    def __init__(self):
+        self.drivers = []
+        self.markers = []
+
+    def driver(self, command, output, **options):
+        with open(output, 'wb') as out:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       env=driver_environment(), **options)
+        self.drivers.append(process)
+        return process
+
+    def watch(self, marker):
+        self.markers.append(marker)
+        return marker
+
+    def cleanup(self):
+        for driver in self.drivers:
+            for pid in session_members(driver.pid):
+                _kill(pid)
+            driver.kill()
+            driver.wait()
+        for marker in self.markers:
+            if os.path.exists(marker):
+                for pid, started in marker_processes(marker):
+                    if is_alive(pid, started):
+                        _kill(pid)
+
+
+def _kill(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def processes():
+    tracker = Processes()
+    yield tracker
+    tracker.cleanup()
+
+
+@pytest.fixture
+def tasklist(tmp_path):
+    return TaskList(tmp_path / 'tasks')
+
+
+def driver_environment():
+    # The driver subprocess imports runforrest and faulty as this process does.
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, sys.path)),
+                FAULTY_MODULE=faulty.__name__)
+
+
+DRIVER_PRELUDE = '''\
+import importlib, json, os, resource, sys, time
+from runforrest import TaskList, defer
+faulty = importlib.import_module(os.environ['FAULTY_MODULE'])
+
+def say(*words):
+    print(*words, flush=True)
+
+def peak_rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+'''
+
+
+def write_driver(tmp_path, body, name='driver.py'):
+    script = tmp_path / name
+    script.write_text(DRIVER_PRELUDE + textwrap.dedent(body))
+    return str(script)
+
+
+def driver_lines(path):
+    try:
+        with open(path) as file:
+            return file.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def finish(driver, output, timeout=DEADLINE * 2):
+    """Wait for a driver subprocess to end and return its output lines."""
+    try:
+        driver.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f'driver still running after {timeout} s; its output:\n'
+                             + '\n'.join(driver_lines(output)[-30:])) from None
+    return driver_lines(output)
+
+
+def result_line(lines, tag):
+    """The JSON a driver printed after `tag`."""
+    found = [line[len(tag) + 1:] for line in lines if line.startswith(tag + ' ')]
+    assert found, f'the driver printed no {tag!r} line; its output:\n' + '\n'.join(lines[-30:])
+    return json.loads(found[-1])
+
+
+# ---------------------------------------------------------------------------
+# A faulty task in a batch of healthy ones
+# ---------------------------------------------------------------------------
+
+def run_batch(tasklist, faulty_task, start_method='forkserver', expect='fail', **options):
+    """Schedule faulty_task between four healthy tasks, run them all, check
+    the healthy ones and where the faulty one was filed; return the faulty
+    task as yielded, and as stored."""
+    healthy = {tasklist.schedule(defer(faulty.double, x)): 2 * x for x in (1, 2)}
+    bad = tasklist.schedule(faulty_task)
+    healthy.update({tasklist.schedule(defer(faulty.double, x)): 2 * x for x in (3, 4)})
+    yielded = {}
+    for task in tasklist.run(nprocesses=2, start_method=start_method, **options):
+        assert task.taskname not in yielded, f'{task.taskname} was yielded twice'
+        yielded[task.taskname] = task
+    assert set(yielded) == set(healthy) | {bad}, 'the run did not yield every task'
+    for name, value in healthy.items():
+        assert yielded[name].errorvalue is None, f'healthy {name} failed: {yielded[name].errorvalue!r}'
+        assert yielded[name].returnvalue == value
+    done = sorted(healthy) + ([bad] if expect == 'done' else [])
+    assert layout(tasklist.directory) == {
+        'todo': [], 'done': sorted(done), 'fail': [bad] if expect == 'fail' else [],
+        'collect': []}
+    stored = {task.taskname: task for task in tasklist.done_tasks()}
+    assert {name: stored[name].returnvalue for name in healthy} == healthy
+    if expect == 'fail':
+        [stored_bad] = tasklist.fail_tasks()
+    else:
+        stored_bad = stored[bad]
+    assert stored_bad.taskname == bad
+    assert hidden_files(tasklist.directory) == []
+    return yielded[bad], stored_bad
+
+
+# -- raising ------------------------------------------------------------------
+
+@pytest.mark.parametrize('start_method', START_METHODS)
+def test_raising_task_keeps_its_exception_and_traceback(tasklist, start_method):
+    task, stored = run_batch(tasklist, defer(faulty.raise_value_error, 'bad input 42'),
+                             start_method)
+    for version in (task, stored):
+        assert type(version.errorvalue) is ValueError
+        assert str(version.errorvalue) == 'bad input 42'
+        assert 'raise_value_error' in version.traceback
+        assert 'ValueError: bad input 42' in version.traceback
+        assert version.returnvalue is None
+
+
+@pytest.mark.parametrize('start_method', START_METHODS)
+@pytest.mark.parametrize('fun, args, type_name, message', [
+    (faulty.raise_socket_holding_error, ('socket inside',), 'SocketHoldingError',
+     'socket inside'),
+    (faulty.raise_two_argument_error, (7, 'needs two'), 'TwoArgumentError',
+     'code 7: needs two'),
+], ids=['holds-socket', 'init-needs-two-args'])
+def test_unpicklable_exception_keeps_type_message_and_traceback(
+        tasklist, start_method, fun, args, type_name, message):
+    task, stored = run_batch(tasklist, defer(fun, *args), start_method)
+    for version in (task, stored):
+        error = version.errorvalue
+        assert isinstance(error, UnpicklableException), repr(error)
+        assert error.type_name == type_name
+        assert error.message == message
+        assert type_name in str(error) and message in str(error)
+        assert fun.__name__ in version.traceback
+        assert f'{type_name}: {message}' in version.traceback
+
+
+def test_exception_holding_a_lock_keeps_its_type(tasklist):
+    # The C pickler refuses a lock; dill carries it. Either the exception
+    # itself arrives, or a stand-in that names it: never a pickling error.
+    task, _ = run_batch(tasklist, defer(faulty.raise_lock_holding_error, 'locked'))
+    error = task.errorvalue
+    type_name = getattr(error, 'type_name', type(error).__name__)
+    assert type_name == 'LockHoldingError', repr(error)
+    assert 'locked' in str(error)
+    assert 'raise_lock_holding_error' in task.traceback
+
+
+# -- crashing -----------------------------------------------------------------
+
+@pytest.mark.parametrize('start_method', START_METHODS)
+@pytest.mark.parametrize('fun, signal_name', [
+    (faulty.segfault, 'SIGSEGV'),
+    (faulty.abort, 'SIGABRT'),
+    (faulty.kill_self, 'SIGKILL'),
+])
+def test_crash_by_signal_names_the_signal(tasklist, tmp_path, processes, start_method,
+                                          fun, signal_name):
+    marker = processes.watch(str(tmp_path / 'marker.json'))
+    task, stored = run_batch(tasklist, defer(fun, marker), start_method)
+    for version in (task, stored):
+        assert isinstance(version.errorvalue, TaskCrashed), repr(version.errorvalue)
+        assert version.errorvalue.signal == signal_name
+        assert signal_name in str(version.errorvalue)
+    wait_gone(marker_processes(marker), 'the crashed task')
+
+
+@pytest.mark.parametrize('start_method', START_METHODS)
+def test_exit_code_is_recorded(tasklist, tmp_path, processes, start_method):
+    marker = processes.watch(str(tmp_path / 'marker.json'))
+    task, stored = run_batch(tasklist, defer(faulty.exit_with, marker, 3), start_method)
+    for version in (task, stored):
+        assert isinstance(version.errorvalue, TaskCrashed), repr(version.errorvalue)
+        assert version.errorvalue.exitcode == 3
+        assert version.errorvalue.signal is None
+        assert 'code 3' in str(version.errorvalue)
+    wait_gone(marker_processes(marker), 'the exited task')
+
+
+@pytest.mark.parametrize('start_method', START_METHODS)
+def test_task_that_closes_stdout_and_stderr_still_succeeds(tasklist, start_method):
+    task, stored = run_batch(tasklist, defer(faulty.close_stdio_and_return, 'fine'),
+                             start_method, expect='done')
+    assert task.errorvalue is None and task.returnvalue == 'fine'
+    assert stored.returnvalue == 'fine'
+    assert 'before closing' in tasklist.output(task)
+
+
+# -- hanging ------------------------------------------------------------------
+
+@pytest.mark.parametrize('start_method', START_METHODS)
+@pytest.mark.parametrize('fun', [faulty.hang, faulty.hang_with_subprocess,
+                                 faulty.hang_with_multiprocessing],
+                         ids=['alone', 'sleep-child', 'multiprocessing-child'])
+def test_hanging_task_is_killed_with_its_children(tasklist, tmp_path, processes,
+                                                  start_method, fun):
+    marker = processes.watch(str(tmp_path / 'marker.json'))
+    started = time.monotonic()
+    task, stored = run_batch(tasklist, defer(fun, marker), start_method, autokill=2)
+    assert time.monotonic() - started < DEADLINE
+    for version in (task, stored):
+        assert isinstance(version.errorvalue, TaskTimeout), repr(version.errorvalue)
+        assert version.errorvalue.seconds == 2
+        assert 'autokill' in str(version.errorvalue)
+        assert 'process group' in str(version.errorvalue)
+        assert version.runtime >= 2
+    # The task and every child it made (same process group) are gone.
+    tree = marker_processes(marker)
+    assert len(tree) == (1 if fun is faulty.hang else 2)
+    wait_gone(tree, 'the hanging task and its children')
+
+
+# -- memory -------------------------------------------------------------------
+
+@pytest.mark.parametrize('start_method', START_METHODS)
+def test_task_over_the_memory_limit_is_killed(tasklist, start_method):
+    # 1 GiB in 10 MiB steps of 10 ms: the watchdog (5 times a second) sees it
+    # pass 200 MiB long before the end; bounded, so the machine is safe anyway.
+    task, stored = run_batch(tasklist, defer(faulty.allocate, 1 << 30, 10 * MiB),
+                             start_method, memory_limit='200M')
+    for version in (task, stored):
+        error = version.errorvalue
+        assert isinstance(error, TaskOutOfMemory), repr(error)
+        assert error.limit == 200 * MiB
+        assert 200 * MiB < error.used < 1 << 30
+        assert 'memory_limit' in str(error)
+        assert version.returnvalue is None
+
+
+# -- results ------------------------------------------------------------------
+
+@pytest.mark.parametrize('start_method', START_METHODS)
+@pytest.mark.parametrize('fun, type_name', [(faulty.return_generator, 'generator'),
+                                            (faulty.return_socket, 'socket')])
+def test_unpicklable_result_names_its_type(tasklist, start_method, fun, type_name):
+    task, stored = run_batch(tasklist, defer(fun), start_method)
+    for version in (task, stored):
+        assert isinstance(version.errorvalue, UnpicklableResult), repr(version.errorvalue)
+        assert version.errorvalue.type_name == type_name
+        assert type_name in str(version.errorvalue)
+
+
+def test_huge_result_arrives_intact_with_one_copy_in_memory(tmp_path, processes):
+    size = 300 * MiB
+    digest_file = tmp_path / 'digest'
+    output = tmp_path / 'driver.out'
+    script = write_driver(tmp_path, '''
+        import hashlib
+        tasklist = TaskList(sys.argv[1])
+        small = tasklist.schedule(defer(faulty.double, 21))
+        big = tasklist.schedule(defer(faulty.big_result, int(sys.argv[2]), 7, sys.argv[3]))
+        before = peak_rss()
+        seen = {}
+        for task in tasklist.run(nprocesses=2):
+            value = task.returnvalue
+            if task.taskname == big:
+                seen[big] = [len(value), hashlib.sha256(value).hexdigest(), repr(task.errorvalue)]
+            else:
+                seen[task.taskname] = [value, None, repr(task.errorvalue)]
+            del task, value
+        say('result', json.dumps({'seen': seen, 'big': big, 'small': small,
+                                  'growth': peak_rss() - before}))
+    ''')
+    driver = processes.driver([sys.executable, script, str(tmp_path / 'tasks'), str(size),
+                               str(digest_file)], output)
+    lines = finish(driver, output)
+    assert driver.returncode == 0, '\n'.join(lines[-30:])
+    report = result_line(lines, 'result')
+    big, small = report['big'], report['small']
+    assert report['seen'][small] == [42, None, 'None']
+    assert report['seen'][big] == [size, digest_file.read_text(), 'None']
+    assert names(tmp_path / 'tasks', 'done') == sorted([small, big])
+    assert os.path.getsize(tmp_path / 'tasks' / 'done' / f'{big}.pkl') > size
+    # One copy of the result in the driver, with room for the pickle machinery.
+    assert report['growth'] < 2.5 * size, f'driver grew by {report["growth"] / MiB:.0f} MiB'
+
+
+@pytest.mark.parametrize('with_logfile', [False, True], ids=['terminal', 'logfile'])
+def test_megabytes_of_output_neither_block_nor_pile_up(tmp_path, processes, with_logfile):
+    lines_printed = 200_000  # 100 bytes each: 20 MB
+    output = tmp_path / 'driver.out'
+    logfile = tmp_path / 'run.log'
+    script = write_driver(tmp_path, '''
+        tasklist = TaskList(sys.argv[1], logfile=sys.argv[3] if sys.argv[3] != '-' else None)
+        names = [tasklist.schedule(defer(faulty.flood, int(sys.argv[2]))),
+                 tasklist.schedule(defer(faulty.double, 5))]
+        before = peak_rss()
+        results = {task.taskname: task.returnvalue for task in tasklist.run(nprocesses=2)}
+        say('result', json.dumps({'names': names, 'results': results,
+                                  'growth': peak_rss() - before}))
+    ''')
+    driver = processes.driver([sys.executable, script, str(tmp_path / 'tasks'),
+                               str(lines_printed), str(logfile) if with_logfile else '-'],
+                              output)
+    lines = finish(driver, output)
+    assert driver.returncode == 0, '\n'.join(lines[-30:])
+    report = result_line(lines, 'result')
+    flood, double = report['names']
+    assert report['results'] == {flood: lines_printed * 100, double: 10}
+    # The task's output, whole, in output/NAME.log ...
+    log = (tmp_path / 'tasks' / 'output' / f'{flood}.log').read_text().splitlines()
+    flood_lines = [line for line in log if line.startswith('line ')]
+    assert len(flood_lines) == lines_printed
+    assert flood_lines[-1].startswith(f'line {lines_printed - 1:09d} ')
+    assert 'flood finished' in log
+    # ... and echoed where the run reports: the logfile, or the terminal.
+    echoed = logfile.read_text().splitlines() if with_logfile else lines
+    assert sum(line.startswith('line ') for line in echoed) == lines_printed
+    assert 'flood finished' in echoed
+    # The driver copies the output piece by piece rather than holding it.
+    assert report['growth'] < 8 * MiB, f'driver grew by {report["growth"] / MiB:.1f} MiB'
+
+
+# -- process and thread limits ------------------------------------------------
+
+NOBODY = 65534
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root, to run the driver as an '
+                    'unprivileged user whose process limit (RLIMIT_NPROC) is enforced')
+@pytest.mark.skipif(shutil.which('setpriv') is None, reason='needs setpriv (util-linux)')
+@pytest.mark.parametrize('start_method', START_METHODS)
+@pytest.mark.parametrize('bomb', ['fork_bomb', 'thread_bomb'])
+def test_process_and_thread_bombs_leave_the_others_running(tmp_path, processes,
+                                                            start_method, bomb):
+    # Root ignores RLIMIT_NPROC, so the driver runs as 'nobody' with at most
+    # 40 processes and threads. It keeps the capabilities to read and write
+    # files (the venv and tmp_path are in root-only directories), not the
+    # ones (CAP_SYS_RESOURCE, CAP_SYS_ADMIN) that lift the limit.
+    limit = 40
+    output = tmp_path / 'driver.out'
+    script = write_driver(tmp_path, '''
+        tasklist = TaskList(sys.argv[1])
+        healthy = {tasklist.schedule(defer(faulty.slow_double, x, 0.3)): 2 * x for x in (1,)}
+        bomb = tasklist.schedule(defer(getattr(faulty, sys.argv[3]), 200, 1.5))
+        healthy.update({tasklist.schedule(defer(faulty.slow_double, x, 0.3)): 2 * x
+                        for x in range(2, 8)})
+        results = {}
+        for task in tasklist.run(nprocesses=3, start_method=sys.argv[2]):
+            results[task.taskname] = [task.returnvalue, str(task.errorvalue)
+                                      if task.errorvalue is not None else None]
+        say('result', json.dumps({'healthy': healthy, 'bomb': bomb, 'results': results}))
+    ''')
+    command = ['setpriv', f'--reuid={NOBODY}', f'--regid={NOBODY}', '--clear-groups',
+               '--inh-caps=+dac_override,+dac_read_search',
+               '--ambient-caps=+dac_override,+dac_read_search', '--',
+               sys.executable, script, str(tmp_path / 'tasks'), start_method, bomb]
+    driver = processes.driver(
+        command, output,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit)))
+    lines = finish(driver, output)
+    assert driver.returncode == 0, '\n'.join(lines[-30:])
+    report = result_line(lines, 'result')
+    results = report['results']
+    failures = {name: result for name, result in results.items() if result[1] is not None}
+    assert list(failures) == [report['bomb']], f'only the bomb may fail: {failures}'
+    value, error = results[report['bomb']]
+    # The bomb really hit the limit (it stopped before its own bound of 200).
+    assert 'RuntimeError' in error and ('Resource temporarily unavailable' in error
+                                        or "can't start new thread" in error), error
+    for name, expected in report['healthy'].items():
+        assert results[name] == [expected, None]
+    assert names(tmp_path / 'tasks', 'done') == sorted(report['healthy'])
+    wait_for(lambda: not session_members(driver.pid), 'the bomb\'s processes to end',
+             timeout=PROMPTLY)
+
+
+@pytest.mark.parametrize('start_method', START_METHODS)
+def test_tasks_get_one_thread_per_library_unless_the_user_says(tasklist, monkeypatch,
+                                                               start_method):
+    for name in faulty.thread_variables():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('OMP_NUM_THREADS', '3')
+    tasklist.schedule(defer(faulty.thread_variables))
+    [task] = tasklist.run(start_method=start_method)
+    expected = dict.fromkeys(faulty.thread_variables(), '1')
+    expected['OMP_NUM_THREADS'] = '3'
+    assert task.returnvalue == expected
+
+
+# -- retries ------------------------------------------------------------------
+
+@pytest.mark.parametrize('start_method', START_METHODS)
+def test_retries_rerun_crashed_tasks(tasklist, tmp_path, start_method):
+    attempts = tmp_path / 'attempts'
+    healthy = tasklist.schedule(defer(faulty.double, 1))
+    once = tasklist.schedule(defer(faulty.crash_first_time, str(tmp_path / 'crashed-once')))
+    always = tasklist.schedule(defer(faulty.always_crash, str(attempts)))
+    results = {task.taskname: task for task in
+               tasklist.run(nprocesses=2, retries=1, start_method=start_method)}
+    assert sorted(results) == sorted([healthy, once, always]), 'each task is yielded once'
+    assert results[healthy].returnvalue == 2
+    assert results[once].errorvalue is None
+    assert results[once].returnvalue == 'second attempt'
+    assert isinstance(results[always].errorvalue, TaskCrashed)
+    assert results[always].errorvalue.signal == 'SIGABRT'
+    assert len(attempts.read_text().split()) == 2, 'one run and one retry'
+    assert layout(tasklist.directory) == {'todo': [], 'done': sorted([healthy, once]),
+                                          'fail': [always], 'collect': []}
+
+
+# ---------------------------------------------------------------------------
+# The driver dies, or leaves early
+# ---------------------------------------------------------------------------
+
+KILLED_DRIVER = '''
+    directory, effects, count, method = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    tasklist = TaskList(directory)
+    for index in range(count):
+        tasklist.schedule(defer(faulty.append_effect, os.path.join(effects, str(index)),
+                                index, 0.05), metadata=index)
+    say('scheduled')
+    for task in tasklist.run(nprocesses=2, start_method=method):
+        say('yielded', task.taskname)
+    say('finished')
+'''
+
+
+def effect_counts(effects, count):
+    counts = {}
+    for index in range(count):
+        path = os.path.join(effects, str(index))
+        counts[index] = len(driver_lines(path))
+    return counts
+
+
+def effect_processes(effects):
+    processes = []
+    for path in glob.glob(os.path.join(effects, '*')):
+        for line in driver_lines(path):
+            pid, started = line.split()
+            processes.append((int(pid), int(started)))
+    return processes
+
+
+def index_of(name):
+    return int(name.partition('-')[0]) - 1
+
+
+def test_driver_killed_at_random_points_loses_and_repeats_nothing(tmp_path, processes):
+    count, nprocesses = 8, 2
+    script = write_driver(tmp_path, KILLED_DRIVER)
+    rng = random.Random(20240611)
+
+    def start(directory, effects, method):
+        os.makedirs(effects)
+        return processes.driver([sys.executable, script, directory, effects, str(count),
+                                 method], tmp_path / f'{os.path.basename(directory)}.out')
+
+    # A run that is not killed, to learn how long a whole run takes here.
+    began = time.monotonic()
+    calibration = start(str(tmp_path / 'whole'), str(tmp_path / 'whole-effects'), 'forkserver')
+    lines = finish(calibration, tmp_path / 'whole.out')
+    whole = time.monotonic() - began
+    assert 'finished' in lines, '\n'.join(lines)
+    assert effect_counts(tmp_path / 'whole-effects', count) == dict.fromkeys(range(count), 1)
+
+    seen_states = []
+    for iteration in range(16):
+        directory = str(tmp_path / f'list{iteration}')
+        effects = str(tmp_path / f'effects{iteration}')
+        output = tmp_path / f'list{iteration}.out'
+        driver = start(directory, effects, START_METHODS[iteration % 2])
+        # The kill time is random by design (not a synchronisation).
+        time.sleep(rng.uniform(0, whole))
+        driver.kill()
+        driver.wait()
+        context = f'iteration {iteration}, driver output {driver_lines(output)}'
+        wait_for(lambda: not session_members(driver.pid),
+                 f'the killed driver\'s processes to end ({context})', timeout=PROMPTLY)
+        wait_gone(effect_processes(effects), f'tasks of the killed driver ({context})')
+
+        # Where the kill left things.
+        before = layout(directory)
+        counts_before = effect_counts(effects, count)
+        if not os.path.isdir(os.path.join(directory, 'todo')):
+            assert sum(counts_before.values()) == 0, context
+            seen_states.append('no list')
+            continue
+        scheduled = sorted(set().union(*before.values()))
+        # Names are consecutive from the first; all are there once 'scheduled' was said.
+        assert [index_of(name) for name in scheduled] == list(range(len(scheduled))), context
+        if 'scheduled' in driver_lines(output):
+            assert len(scheduled) == count, context
+        # Only todo/ and collect/ may share a name: a result is in collect/
+        # before its task leaves todo/.
+        for first, second in [('todo', 'done'), ('todo', 'fail'), ('done', 'fail'),
+                              ('done', 'collect'), ('fail', 'collect')]:
+            assert not set(before[first]) & set(before[second]), (first, second, context)
+        assert before['fail'] == [], context
+        seen_states.append(f'{len(scheduled)} scheduled, {len(before["done"])} done, '
+                           f'{len(before["collect"])} collected')
+
+        # The next run finishes the list.
+        yielded = [task for task in TaskList.open(directory).run(nprocesses=nprocesses)]
+        yielded_names = [task.taskname for task in yielded]
+        assert sorted(yielded_names) == sorted(set(scheduled) - set(before['done'])), context
+        for task in yielded:
+            assert task.errorvalue is None, (task.taskname, task.errorvalue, context)
+            assert task.returnvalue == index_of(task.taskname)
+        after = layout(directory)
+        assert after == {'todo': [], 'done': scheduled, 'fail': [], 'collect': []}, context
+        assert hidden_files(directory) == [], context
+        stored = {task.taskname: task.returnvalue for task in TaskList.open(directory).done_tasks()}
+        assert stored == {name: index_of(name) for name in scheduled}, context
+
+        # Side effects: every task ran; a task ran again only if it was in
+        # flight (in todo/ with an effect) when the driver died.
+        counts_after = effect_counts(effects, count)
+        in_flight = 0
+        for name in scheduled:
+            index = index_of(name)
+            if name in before['done'] or name in before['collect']:
+                assert counts_after[index] == counts_before[index] == 1, (name, context)
+            else:
+                assert counts_before[index] in (0, 1), (name, context)
+                assert counts_after[index] == counts_before[index] + 1, (name, context)
+                in_flight += counts_before[index]
+        assert in_flight <= nprocesses, context
+        for index in range(len(scheduled), count):
+            assert counts_after[index] == 0, context
+    print('states at the kills:', seen_states)
+
+
+@pytest.mark.parametrize('start_method', START_METHODS)
+def test_task_processes_die_with_a_killed_driver(tmp_path, processes, start_method):
+    marker = processes.watch(str(tmp_path / 'marker.json'))
+    output = tmp_path / 'driver.out'
+    script = write_driver(tmp_path, '''
+        tasklist = TaskList(sys.argv[1])
+        tasklist.schedule(defer(faulty.hang_with_subprocess, sys.argv[2]))
+        for task in tasklist.run(start_method=sys.argv[3]):
+            say('yielded', task.taskname)
+    ''')
+    driver = processes.driver([sys.executable, script, str(tmp_path / 'tasks'), marker,
+                               start_method], output)
+    wait_marker(marker)
+    tree = marker_processes(marker)
+    assert all(is_alive(*process) for process in tree)
+    driver.kill()
+    driver.wait()
+    wait_gone(tree, 'the task and its child after the driver was SIGKILLed')
+    wait_for(lambda: not session_members(driver.pid),
+             'every process of the killed driver to end', timeout=PROMPTLY)
+
+
+def _schedule_quick_and_hanging(tasklist, tmp_path, processes):
+    quick = {tasklist.schedule(defer(faulty.double, x)): 2 * x for x in (1, 2)}
+    markers = [processes.watch(str(tmp_path / f'hang{i}.json')) for i in range(2)]
+    hanging = [tasklist.schedule(defer(faulty.hang, marker)) for marker in markers]
+    return quick, markers, hanging
+
+
+def _check_left_early(directory, quick, markers, hanging):
+    """After a run was left while two tasks hang: they were killed at once
+    and stay in todo/; the finished results are intact; the lock is free."""
+    for marker in markers:
+        wait_gone(marker_processes(marker), 'a running task after the run was left')
+    assert layout(directory) == {'todo': sorted(hanging), 'done': sorted(quick),
+                                 'fail': [], 'collect': []}
+    stored = {task.taskname: task.returnvalue for task in TaskList.open(directory).done_tasks()}
+    assert stored == quick
+    assert hidden_files(directory) == []
+    with open(os.path.join(directory, 'driver.lock')) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still held
+
+
+@pytest.mark.parametrize('start_method', START_METHODS)
+def test_ctrl_c_kills_running_tasks_and_keeps_them_todo(tmp_path, processes, start_method):
+    output = tmp_path / 'driver.out'
+    script = write_driver(tmp_path, '''
+        tasklist = TaskList(sys.argv[1])
+        for x in (1, 2):
+            tasklist.schedule(defer(faulty.double, x))
+        for marker in sys.argv[3:]:
+            tasklist.schedule(defer(faulty.hang, marker))
+        try:
+            for task in tasklist.run(nprocesses=4, start_method=sys.argv[2]):
+                say('yielded', task.taskname)
+        except KeyboardInterrupt:
+            say('interrupted')
+            sys.exit(130)
+    ''')
+    directory = tmp_path / 'tasks'
+    markers = [processes.watch(str(tmp_path / f'hang{i}.json')) for i in range(2)]
+    driver = processes.driver([sys.executable, script, str(directory), start_method,
+                               *markers], output)
+    for marker in markers:
+        wait_marker(marker)
+    wait_for(lambda: sum(line.startswith('yielded') for line in driver_lines(output)) == 2,
+             'the quick tasks to finish')
+    # Ctrl-C in a terminal signals the driver's whole process group.
+    os.killpg(driver.pid, signal.SIGINT)
+    lines = finish(driver, output, timeout=PROMPTLY)
+    assert driver.returncode == 130 and 'interrupted' in lines, '\n'.join(lines)
+    quick = {name: 2 * (index + 1) for index, name in enumerate(names(directory, 'done'))}
+    hanging = sorted(set(names(directory, 'todo')))
+    assert len(quick) == 2 and len(hanging) == 2, layout(directory)
+    _check_left_early(directory, quick, markers, hanging)
+    wait_for(lambda: not session_members(driver.pid), 'the driver\'s processes to end',
+             timeout=PROMPTLY)
+
+
+@pytest.mark.parametrize('start_method', START_METHODS)
+@pytest.mark.parametrize('how', ['exception', 'break'])
+def test_leaving_the_loop_kills_running_tasks_and_keeps_them_todo(
+        tasklist, tmp_path, processes, start_method, how):
+    quick, markers, hanging = _schedule_quick_and_hanging(tasklist, tmp_path, processes)
+    seen = []
+
+    def loop():
+        for task in tasklist.run(nprocesses=4, start_method=start_method):
+            seen.append(task.taskname)
+            if len(seen) == len(quick):
+                for marker in markers:
+                    wait_marker(marker)
+                if how == 'break':
+                    break
+                raise KeyError('the loop body failed')
+
+    if how == 'exception':
+        with pytest.raises(KeyError, match='the loop body failed'):
+            loop()
+    else:
+        loop()
+    assert sorted(seen) == sorted(quick)
+    _check_left_early(tasklist.directory, quick, markers, hanging)
+
+
+# ---------------------------------------------------------------------------
+# Files: atomic, damaged, locked, out of space
+# ---------------------------------------------------------------------------
+
+def _readable_visible_files(directory):
+    """Every visible file of the list loads; return how many there are."""
+    count = 0
+    for state in ('todo', 'done', 'fail', 'collect'):
+        for name in names(directory, state):
+            runforrest.read_task(os.path.join(directory, state, f'{name}.pkl'))
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize('victim', ['driver', 'task'])
+def test_kill_while_writing_a_result_leaves_only_a_hidden_temporary(tmp_path, processes,
+                                                                    victim):
+    directory = tmp_path / 'tasks'
+    flag = tmp_path / 'block-pickling'
+    flag.touch()
+    marker = processes.watch(str(tmp_path / 'writing.json'))
+    output = tmp_path / 'driver.out'
+    script = write_driver(tmp_path, '''
+        tasklist = TaskList(sys.argv[1])
+        tasklist.schedule(defer(faulty.double, 1))
+        slow = tasklist.schedule(defer(faulty.return_slowly_pickled, sys.argv[2],
+                                       sys.argv[3], 'payload', 20 * 2**20))
+        tasklist.schedule(defer(faulty.double, 2))
+        say('slow', slow)
+        for task in tasklist.run(nprocesses=3):
+            say('yielded', task.taskname, repr(task.errorvalue))
+        say('finished')
+    ''')
+    driver = processes.driver([sys.executable, script, str(directory), str(flag), marker],
+                              output)
+    wait_marker(marker, 'the slow task to be writing its result')
+    wait_for(lambda: len(names(directory, 'done')) == 2, 'the healthy tasks to finish')
+    [slow] = [line.split()[1] for line in driver_lines(output) if line.startswith('slow ')]
+    # Mid-write: the result exists only as a hidden temporary file.
+    temporaries = glob.glob(str(directory / 'collect' / f'.{slow}.pkl.*.tmp'))
+    assert len(temporaries) == 1 and os.path.getsize(temporaries[0]) > 20 * MiB
+    assert names(directory, 'collect') == []
+    assert _readable_visible_files(directory) == 3  # 2 done, the slow one in todo
+
+    if victim == 'driver':
+        driver.kill()
+        driver.wait()
+        wait_gone(marker_processes(marker), 'the writing task after the driver died')
+        wait_for(lambda: not session_members(driver.pid), 'the driver\'s processes to end',
+                 timeout=PROMPTLY)
+        assert os.path.exists(temporaries[0]), 'the task died mid-write'
+        assert layout(directory)['collect'] == [] and names(directory, 'todo') == [slow]
+        flag.unlink()  # the next attempt writes its result at once
+        [task] = TaskList.open(directory).run()
+        assert task.taskname == slow and task.errorvalue is None
+        assert task.returnvalue == [b'p' * 20 * MiB, faulty.SlowPickle(None, None, 'payload')]
+        assert slow in names(directory, 'done')
+    else:
+        # The kernel's OOM killer, say, kills the task group mid-write.
+        os.killpg(read_marker(marker)['pgid'], signal.SIGKILL)
+        lines = finish(driver, output)
+        assert 'finished' in lines, '\n'.join(lines)
+        [line] = [line for line in lines if line.startswith(f'yielded {slow}')]
+        assert 'TaskCrashed' in line and 'SIGKILL' in line, line
+        assert names(directory, 'fail') == [slow]
+        assert _readable_visible_files(directory) == 3
+        # Nothing left to run, but the next run tidies the stale temporary away.
+        assert list(TaskList.open(directory).run()) == []
+    assert hidden_files(directory) == []
+    assert len(names(directory, 'done')) == (3 if victim == 'driver' else 2)
+
+
+def _damage_records(tasklist):
+    """Schedule healthy tasks and write four kinds of damaged task files;
+    return (healthy {name: value}, damaged {name: kind})."""
+    directory = tasklist.directory
+    healthy = {tasklist.schedule(defer(faulty.double, x)): 2 * x for x in (1, 2)}
+    damaged = {}
+    # A file that is not a pickle at all.
+    name = '00000010-garbage'
+    with open(os.path.join(directory, 'todo', f'{name}.pkl'), 'wb') as file:
+        file.write(b'this is not a task file\n' * 20)
+    damaged[name] = 'garbage'
+    # An empty file.
+    name = '00000011-empty'
+    open(os.path.join(directory, 'todo', f'{name}.pkl'), 'wb').close()
+    damaged[name] = 'empty'
+    # A good task file cut short, as a crash while copying it would.
+    name = tasklist.schedule(defer(faulty.double, 5))
+    path = os.path.join(directory, 'todo', f'{name}.pkl')
+    os.truncate(path, os.path.getsize(path) - 20)
+    damaged[name] = 'truncated'
+    # A good task file whose function's module no longer exists.
+    name = tasklist.schedule(defer(faulty.double, 6))
+    path = os.path.join(directory, 'todo', f'{name}.pkl')
+    with open(path, 'rb') as file:
+        data = file.read()
+    module = faulty.__name__.rpartition('.')[2].encode()
+    missing = b'z' * len(module)  # same length: the pickle's sizes stay right
+    assert data.count(module) >= 1
+    with open(path, 'wb') as file:
+        file.write(data.replace(module, missing))
+    damaged[name] = 'unloadable'
+    healthy.update({tasklist.schedule(defer(faulty.double, x)): 2 * x for x in (3, 4)})
+    return healthy, damaged
+
+
+@pytest.mark.parametrize('start_method', START_METHODS)
+def test_damaged_todo_files_fail_alone_with_task_file_error(tasklist, start_method):
+    healthy, damaged = _damage_records(tasklist)
+    results = {task.taskname: task for task in
+               tasklist.run(nprocesses=2, start_method=start_method)}
+    assert sorted(results) == sorted([*healthy, *damaged])
+    for name, value in healthy.items():
+        assert results[name].returnvalue == value, results[name].errorvalue
+    for name, kind in damaged.items():
+        error = results[name].errorvalue
+        assert isinstance(error, TaskFileError), (kind, repr(error))
+        assert name in error.path and name in str(error), (kind, str(error))
+        assert error.reason, kind
+    assert 'truncated' in str(results[[n for n, k in damaged.items()
+                                       if k == 'truncated'][0]].errorvalue)
+    assert 'ModuleNotFoundError' in str(results[[n for n, k in damaged.items()
+                                                 if k == 'unloadable'][0]].errorvalue)
+    assert layout(tasklist.directory) == {'todo': [], 'done': sorted(healthy),
+                                          'fail': sorted(damaged), 'collect': []}
+    # The failures are on record, as failures, for later inspection.
+    failed = {task.taskname: task.errorvalue for task in tasklist.fail_tasks()}
+    assert sorted(failed) == sorted(damaged)
+    assert all(isinstance(error, TaskFileError) for error in failed.values()), failed
+
+
+@pytest.mark.parametrize('state', ['done', 'fail'])
+def test_reading_a_damaged_result_file_names_it_or_skips_it(tasklist, state):
+    good = tasklist.schedule(defer(faulty.double, 1))
+    bad = tasklist.schedule(defer(faulty.raise_value_error, 'no'))
+    list(tasklist.run(nprocesses=2))
+    # A copy of a real result file, cut in the middle of its outcome.
+    source = os.path.join(tasklist.directory, state, f'{good if state == "done" else bad}.pkl')
+    broken = os.path.join(tasklist.directory, state, '00000009-broken.pkl')
+    with open(source, 'rb') as file:
+        data = file.read()
+    with open(broken, 'wb') as file:
+        file.write(data[:len(data) - 5])
+    read = tasklist.done_tasks if state == 'done' else tasklist.fail_tasks
+    with pytest.raises(TaskFileError) as info:
+        list(read())
+    assert info.value.path == broken and '00000009-broken' in str(info.value)
+    with pytest.warns(UserWarning, match='00000009-broken'):
+        tasks = list(read(skip_damaged=True))
+    assert [task.taskname for task in tasks] == [good if state == 'done' else bad]
+
+
+def test_second_driver_on_the_same_list_is_refused(tmp_path, processes):
+    directory = tmp_path / 'tasks'
+    marker = processes.watch(str(tmp_path / 'marker.json'))
+    output = tmp_path / 'driver.out'
+    script = write_driver(tmp_path, '''
+        tasklist = TaskList(sys.argv[1])
+        tasklist.schedule(defer(faulty.hang, sys.argv[2]))
+        for task in tasklist.run():
+            say('yielded', task.taskname)
+    ''')
+    driver = processes.driver([sys.executable, script, str(directory), marker], output)
+    wait_marker(marker)
+    second = TaskList.open(directory)
+    second.schedule(defer(faulty.double, 1))
+    with pytest.raises(TaskListBusy) as info:
+        list(second.run())
+    message = str(info.value)
+    assert f'pid {driver.pid}' in message and 'another driver' in message, message
+    # The refused driver disturbed nothing: the first one's task still runs.
+    assert all(is_alive(*process) for process in marker_processes(marker))
+    assert len(names(directory, 'todo')) == 2 and names(directory, 'done') == []
+    driver.kill()
+    driver.wait()
+    wait_gone(marker_processes(marker), 'the first driver\'s task')
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs mounted inside tmp_path (root only), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip('mounting a small tmpfs to fill up needs root')
+    mountpoint = tmp_path / 'disk'
+    mountpoint.mkdir()
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2m', 'tmpfs',
+                              str(mountpoint)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f'cannot mount a tmpfs here: {mounted.stderr.strip()}')
+    try:
+        yield mountpoint
+    finally:
+        if subprocess.run(['umount', str(mountpoint)]).returncode != 0:
+            subprocess.run(['umount', '-l', str(mountpoint)])
+
+
+def test_full_disk_while_writing_a_result_loses_nothing(small_disk, tmp_path):
+    tasklist = TaskList(small_disk / 'tasks')
+    first = {tasklist.schedule(defer(faulty.double, x)): 2 * x for x in (1, 2)}
+    big = tasklist.schedule(defer(faulty.big_result, 5 * MiB, 3, str(tmp_path / 'digest')))
+    rest = {tasklist.schedule(defer(faulty.double, x)): 2 * x for x in (3, 4)}
+    results, raised = {}, None
+    try:
+        for task in tasklist.run(nprocesses=1):
+            results[task.taskname] = task
+    except (OSError, runforrest.RunforrestError) as error:
+        raised = error
+    directory = tasklist.directory
+    if raised is not None:
+        # The run may stop, if it says why...
+        assert 'No space left' in str(raised) or getattr(raised, 'errno', None) == 28, raised
+    else:
+        # ... or go on, with the big task failed for a reason that says so.
+        error = results[big].errorvalue
+        assert error is not None and ('No space left' in str(error)
+                                      or getattr(error, 'errno', None) == 28), repr(error)
+        assert names(directory, 'fail') == [big]
+        assert all(results[name].returnvalue == value for name, value in rest.items())
+    # Nothing stored before is lost: every task is somewhere, results intact.
+    everywhere = [name for state in ('todo', 'done', 'fail') for name in names(directory, state)]
+    assert sorted(everywhere) == sorted([*first, big, *rest])
+    stored = {task.taskname: task.returnvalue for task in tasklist.done_tasks()}
+    expected = {**first, **rest}
+    assert {name: value for name, value in stored.items()} == \
+        {name: expected[name] for name in stored}
+    assert set(first) <= set(stored)
+    assert hidden_files(directory) == []

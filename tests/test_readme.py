@@ -1,0 +1,25 @@
+"""The examples in README.md run, and print what the README says they print."""
+
+import doctest
+import os
+
+README = os.path.join(os.path.dirname(__file__), os.pardir, 'README.md')
+
+
+def test_readme_examples(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = doctest.testfile(os.path.abspath(README), module_relative=False,
+                              optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 20
+    assert result.failed == 0
+
+
+def test_readme_leads_with_the_two_commands():
+    with open(README) as file:
+        text = file.read()
+    commands = [block.split('\n', 1)[1].strip() for block in text.split('```bash')[1:3]]
+    commands = [command.split('```')[0].strip() for command in commands]
+    with open(os.path.join(os.path.dirname(README), '.ci', 'run')) as file:
+        ci = file.read()
+    assert 'examples/quickstart.py' in commands[0]
+    assert 'pytest' in commands[1] and commands[1] in ci
