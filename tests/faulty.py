@@ -193,7 +193,10 @@ def return_socket():
 def big_result(size, seed, digest_file):
     """size random bytes; their sha256 goes to digest_file, for the driver to
     check that the result arrived intact."""
-    data = random.Random(seed).randbytes(size)
+    generator = random.Random(seed)
+    chunk = 1 << 20  # randbytes takes at most 256 MiB at once
+    data = b''.join(generator.randbytes(min(chunk, size - start))
+                    for start in range(0, size, chunk))
     with open(digest_file, 'w') as file:
         file.write(hashlib.sha256(data).hexdigest())
     return data

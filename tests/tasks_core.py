@@ -69,3 +69,10 @@ def record_pid_and_sleep(path):
     with open(path, 'a') as file:
         file.write(f'{os.getpid()}\n')
     time.sleep(1000)
+
+
+def count_and_sleep(path, value, seconds):
+    with open(path, 'a') as file:
+        file.write(f'{value}\n')
+    time.sleep(seconds)
+    return value

@@ -50,8 +50,12 @@ def step(result, wait=None, create=None):
     return result
 
 
-def print_lines(tag, count):
+def print_lines(tag, count, create=None, wait=None):
+    """Print count numbered lines; halfway, meet another task through
+    step(), so that both are sure to print at the same time."""
     for number in range(count):
+        if number == count // 2:
+            step(None, wait=wait, create=create)
         print(f'{tag} {number}')
     return tag
 

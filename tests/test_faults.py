@@ -455,7 +455,9 @@ def test_huge_result_arrives_intact_with_one_copy_in_memory(tmp_path, processes)
         for task in tasklist.run(nprocesses=2):
             value = task.returnvalue
             if task.taskname == big:
-                seen[big] = [len(value), hashlib.sha256(value).hexdigest(), repr(task.errorvalue)]
+                seen[big] = [value is not None and len(value),
+                             value is not None and hashlib.sha256(value).hexdigest(),
+                             repr(task.errorvalue)]
             else:
                 seen[task.taskname] = [value, None, repr(task.errorvalue)]
             del task, value

@@ -1,0 +1,161 @@
+"""Watching a run: progress views, each task's output, results as a table."""
+
+import fcntl
+import io
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+
+import pytest
+from tqdm import tqdm
+
+from runforrest import TaskList, defer
+
+import tasks_everyday as tasks
+
+pytestmark = pytest.mark.timeout(60)
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+# A driver that runs three tasks, one of which fails, with progress=True;
+# with `block_tqdm`, as if tqdm was not installed.
+DRIVER = '''
+import sys
+if {block_tqdm}:
+    sys.modules['tqdm'] = None  # `import tqdm` now raises ImportError
+from runforrest import TaskList, defer
+import tasks_everyday as tasks
+tasklist = TaskList({directory!r})
+for x in range(3):
+    tasklist.schedule(defer(tasks.divide, 1, x))
+for task in tasklist.run(nprocesses=2, progress=True):
+    pass
+'''
+
+
+def drive(tmp_path, block_tqdm, stderr=subprocess.PIPE):
+    code = DRIVER.format(block_tqdm=block_tqdm, directory=str(tmp_path / 'tasklist'))
+    return subprocess.Popen([sys.executable, '-c', code], cwd=TESTS,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+@pytest.fixture
+def tasklist(tmp_path):
+    return TaskList(tmp_path / 'tasklist')
+
+
+def test_progress_through_tqdm(tasklist, capsys):
+    for x in range(3):
+        tasklist.schedule(defer(tasks.divide, 1, x))
+    assert len(list(tasklist.run(nprocesses=2, progress=True))) == 3
+    shown = capsys.readouterr().err
+    assert '3/3' in shown and 'task/s' in shown
+    assert 'done 2, failed 1, running 0' in shown
+
+
+def test_without_tqdm_and_terminal_a_line_at_a_time(tmp_path):
+    driver = drive(tmp_path, block_tqdm=True)
+    _, shown = driver.communicate(timeout=60)
+    assert driver.returncode == 0, shown
+    assert '\r' not in shown and '\x1b' not in shown
+    last = shown.splitlines()[-1]
+    assert last.startswith('3/3 done 2, failed 1, running 0, ')
+    assert 'tasks/s, ETA ' in last
+
+
+def read_terminal(tmp_path, block_tqdm):
+    """Everything the driver showed on a terminal of its own."""
+    main, terminal = pty.openpty()
+    # A new pty is 0 columns wide, and tqdm would show nothing on it.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 100, 0, 0))
+    driver = drive(tmp_path, block_tqdm, stderr=terminal)
+    os.close(terminal)
+    shown = b''
+    while True:
+        try:
+            data = os.read(main, 1 << 16)
+        except OSError:  # EIO: the driver closed the terminal, by ending
+            break
+        if not data:
+            break
+        shown += data
+    os.close(main)
+    assert driver.wait(timeout=60) == 0
+    return shown.decode()
+
+
+def test_without_tqdm_on_a_terminal_a_bar(tmp_path):
+    shown = read_terminal(tmp_path, block_tqdm=True)
+    frames = [frame.replace('\x1b[K', '') for frame in shown.split('\r') if frame.strip()]
+    assert any('running 2' in frame for frame in frames)  # while both run
+    last = frames[-1].strip()
+    assert last.startswith('[####################] 3/3 done 2, failed 1, running 0, ')
+    assert 'tasks/s, ETA ' in last
+
+
+def test_tqdm_on_a_terminal(tmp_path):
+    shown = read_terminal(tmp_path, block_tqdm=False)
+    assert 'running 2]' in shown  # while both run
+    assert '3/3' in shown and 'done 2, failed 1, running 0]' in shown
+
+
+def test_tqdm_around_run_knows_the_length(tasklist):
+    for x in range(4):
+        tasklist.schedule(defer(tasks.square, x))
+    run = tasklist.run(nprocesses=2)
+    assert len(run) == 4
+    bar = tqdm(run, file=io.StringIO())
+    assert sorted(task.returnvalue for task in bar) == [0, 1, 4, 9]
+    assert bar.total == bar.n == 4
+
+
+def test_each_tasks_output_is_kept_apart(tasklist, tmp_path, capfd):
+    # Both tasks print at the same time: each waits for the other halfway.
+    lines = 2000
+    first = tasklist.schedule(defer(tasks.print_lines, 'a', lines,
+                                    create=tmp_path / 'a', wait=tmp_path / 'b'))
+    second = tasklist.schedule(defer(tasks.print_lines, 'b', lines,
+                                     create=tmp_path / 'b', wait=tmp_path / 'a'))
+    finished = list(tasklist.run(nprocesses=2))
+    assert sorted(task.returnvalue for task in finished) == ['a', 'b']
+
+    for name, tag in ((first, 'a'), (second, 'b')):
+        expected = ''.join(f'{tag} {number}\n' for number in range(lines))
+        with open(os.path.join(tasklist.directory, 'output', name + '.log')) as file:
+            assert file.read() == expected
+        assert tasklist.output(name) == expected
+    assert tasklist.output(finished[0]) == tasklist.output(finished[0].taskname)
+
+    # The driver echoes each task's output in one piece, when it finishes.
+    echoed = capfd.readouterr().out.splitlines()
+    assert len(echoed) == 2 * lines
+    assert [line.split()[0] for line in echoed] == \
+        [echoed[0][0]] * lines + [echoed[-1][0]] * lines
+
+
+def test_output_of_a_task_that_has_not_run_is_none(tasklist):
+    name = tasklist.schedule(defer(tasks.square, 1))
+    assert tasklist.output(name) is None
+
+
+def test_rows_and_dataframe(tasklist):
+    tasklist.schedule(defer(tasks.square, 3), metadata={'x': 3, 'kind': 'square'})
+    tasklist.schedule(defer(tasks.fail, 'no'), metadata={'x': 0, 'kind': 'fail'})
+    list(tasklist.run(nprocesses=2))
+
+    rows = tasklist.rows()
+    assert [(row['name'], row['state'], row['metadata'], row['returnvalue'])
+            for row in rows] == [
+        ('00000001-square', 'done', {'x': 3, 'kind': 'square'}, 9),
+        ('00000002-fail', 'fail', {'x': 0, 'kind': 'fail'}, None)]
+    assert rows[0]['errorvalue'] is None and isinstance(rows[1]['errorvalue'], ValueError)
+    assert all(row['runtime'] > 0 for row in rows)
+
+    frame = tasklist.dataframe()
+    assert list(frame['x']) == [3, 0] and list(frame['kind']) == ['square', 'fail']
+    assert {'name', 'state', 'returnvalue', 'errorvalue', 'runtime'} <= set(frame.columns)
+    assert 'metadata' not in frame.columns
+    assert list(frame['state']) == ['done', 'fail']
