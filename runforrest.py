@@ -436,9 +436,11 @@ def _label(task):
 #   2. the record {'task': ..., 'metadata': ...}, `record_size` bytes long,
 #      copied unchanged from todo/ to done/ or fail/;
 #   3. in results only, the outcome: {'returnvalue': ...} or
-#      {'errorvalue': ..., 'traceback': ...}.
+#      {'errorvalue': ..., 'traceback': ...}, and a trailer, by which a
+#      result that a power cut caught before it reached the disk is known.
 
 FORMAT = 1
+_TRAILER = b'\nrunforrest result end\n'
 _MAIN_MODULE = '__main__'
 
 
@@ -610,6 +612,35 @@ _WORKDIRS = ('collect', 'output', 'running')
 _LOCKFILE = 'driver.lock'
 
 
+def _sync(path):
+    """Flush what was written to the filesystem that holds path to disk."""
+    import ctypes
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _is_whole(path):
+    """Whether a result file was written to its end (see _TRAILER)."""
+    try:
+        with open(path, 'rb') as file:
+            file.seek(-len(_TRAILER), os.SEEK_END)
+            return file.read() == _TRAILER
+    except OSError:
+        return False
+
+
+def _state_of(path):
+    try:
+        with open(path, 'rb') as file:
+            return _read_header(file, path)['state']
+    except (OSError, TaskFileError):
+        return None
+
+
 def _schedule_order(name):
     prefix = name.partition('-')[0]
     return (len(prefix) if prefix.isdigit() else 0, name)
@@ -773,7 +804,7 @@ class TaskList:
     def flush(self):
         """Make every scheduled task durable on disk (`run` does this first)."""
         if self._unsynced:
-            os.sync()
+            _sync(self.directory)
             self._unsynced = False
 
     # -- reading -------------------------------------------------------------
@@ -901,19 +932,32 @@ class TaskList:
         return _DriverLock.holder(os.path.join(self.directory, _LOCKFILE))
 
     def _tidy(self):
-        """After a driver that died: remove half-written files, forget its
-        marks of tasks in flight, and return the results it left in collect/."""
+        """Make the list whole again after a driver that died: remove
+        half-written files, drop results that a power cut caught before they
+        reached the disk (their tasks run again), drop the todo files of
+        results that did reach it, and return the results left in collect/."""
         for state in STATES + _WORKDIRS:
             directory = os.path.join(self.directory, state)
             for entry in os.listdir(directory):
                 if entry.startswith('.') and entry.endswith('.tmp'):
                     _unlink(os.path.join(directory, entry))
+        for name in self._names('collect'):
+            if not _is_whole(self._path('collect', name)):
+                _unlink(self._path('collect', name))
+        todo = set(self._names('todo'))
+        for state in ('done', 'fail'):
+            for name in todo.intersection(self._names(state)):
+                if _state_of(self._path('todo', name)) != 'todo':
+                    continue  # a result put back by hand, to run again
+                if _is_whole(self._path(state, name)):
+                    _unlink(self._path('todo', name))
+                else:
+                    _unlink(self._path(state, name))
         return self._names('collect')
 
     def _file(self, name):
-        """Move a result from collect/ to done/ or fail/, after its task has
-        left todo/, so that a crash in between leaves it in collect/ to be
-        filed again. Returns the new path and the header."""
+        """Move a result from collect/ to done/ or fail/; returns the new path
+        and the header. Its todo file stays until `_settle`."""
         source = self._path('collect', name)
         try:
             with open(source, 'rb') as file:
@@ -922,11 +966,20 @@ class TaskList:
         except TaskFileError:
             header, state = {'state': 'fail'}, 'fail'
         target = self._path(state, name)
-        _unlink(self._path('todo', name))
         os.replace(source, target)
         _unlink(self._path('fail' if state == 'done' else 'done', name))
         _unlink(self._path('running', name))
         return target, header
+
+    def _settle(self, names):
+        """Once filed results are on disk, remove their tasks from todo/.
+
+        One sync for many results is the cheap way to make them durable;
+        until it happens, a task stays in todo/, so that nothing is lost."""
+        if names:
+            _sync(self.directory)
+            for name in names:
+                _unlink(self._path('todo', name))
 
     def run(self, nprocesses=None, print_errors=False, save_session=False,
             autokill=None, memory_limit=None, retries=0, progress=False,
@@ -998,7 +1051,8 @@ class _DriverLock:
 # The task process
 # ---------------------------------------------------------------------------
 
-def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=None):
+def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=None,
+            durable=True):
     """Run the task in taskfile in this process, write its result file, and
     return whether it succeeded: what `python -m runforrest TASKFILE
     RESULTFILE` does.
@@ -1007,6 +1061,7 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
     that scheduled it. do_print prints a failure's traceback to stderr;
     do_raise re-raises the task's exception, with its real traceback, after
     the result is written (for a debugger: python -m pdb -m runforrest ...).
+    durable=False leaves flushing the result to disk to the caller.
     """
     resultfile = os.path.abspath(resultfile)
     started = time.monotonic()
@@ -1034,7 +1089,7 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
             raise
         import traceback
         outcome = {'errorvalue': error, 'traceback': traceback.format_exc()}
-    _write_result(resultfile, header, record, outcome,
+    _write_result(resultfile, header, record, outcome, durable,
                   runtime=time.monotonic() - started, damaged=damaged)
     error = outcome.get('errorvalue')
     if error is not None:
@@ -1053,7 +1108,7 @@ def _adopt(header):
         os.chdir(header['cwd'])
 
 
-def _write_result(path, todo_header, record, outcome, runtime, **fields):
+def _write_result(path, todo_header, record, outcome, durable, runtime, **fields):
     """Write a result file: the todo file's record, unchanged, and the outcome.
 
     An outcome that cannot be pickled is replaced by an error that says so."""
@@ -1078,11 +1133,12 @@ def _write_result(path, todo_header, record, outcome, runtime, **fields):
             file.write(record)
             try:
                 _dump(attempt, file)
+                file.write(_TRAILER)
                 return
             except NotPicklable as error:
                 failure = error
 
-    _write_atomically(path, write)
+    _write_atomically(path, write, durable)
 
 
 def _transportable_error(outcome):
@@ -1199,7 +1255,7 @@ def _record_death(todo, result, error, runtime):
         except FileNotFoundError:
             record = b''
     _write_result(result, header, record, {'errorvalue': error, 'traceback': None},
-                  runtime=runtime, damaged=damaged, died=True)
+                  durable=False, runtime=runtime, damaged=damaged, died=True)
 
 
 def _group_memory(groups):
@@ -1340,7 +1396,8 @@ def _serve_forks(commands, events, config):
         os.write(events, (json.dumps(event) + '\n').encode())
 
     try:
-        for module in config['preload'] + (['dill'] if config['sessionfile'] else []):
+        # threading: every task process needs it for its lifeline.
+        for module in ['threading', *config['preload'], *(['dill'] if config['sessionfile'] else [])]:
             __import__(module)
     except BaseException as error:
         report(error=f'cannot preload {module}: {type(error).__name__}: {error}')
@@ -1416,7 +1473,7 @@ def _forked_task(todo, result, output, config, close):
         if 'numpy.random' in sys.modules:  # Python's own random reseeds itself
             sys.modules['numpy.random'].seed()
         _become_task_process(config['lifeline'])
-        code = 0 if execute(todo, result, sessionfile=config['sessionfile']) else 1
+        code = 0 if execute(todo, result, sessionfile=config['sessionfile'], durable=False) else 1
     except BaseException:
         import traceback
         traceback.print_exc()
@@ -1570,6 +1627,7 @@ def _format_bytes(count):
 # ---------------------------------------------------------------------------
 
 _START_METHODS = ('forkserver', 'spawn')
+_SETTLE_INTERVAL = 1.0  # seconds between syncs that make finished results durable
 
 
 class Run:
@@ -1657,8 +1715,12 @@ class Run:
                 report = _Report(tasklist, len(pending) + len(skip),
                                  self.print_errors, self.progress)
                 attempts = {}
+                filed, settled = [], time.monotonic()
                 for name in leftovers:
-                    yield self._collect(name, report)
+                    task = self._collect(name, report)
+                    filed.append(name)
+                    yield task
+                    del task  # hold one result at a time, however large
                 while pending or backend.busy():
                     while pending and backend.has_room():
                         name = pending.popleft()
@@ -1669,9 +1731,16 @@ class Run:
                             pending.append(name)
                             report.retried(name)
                             continue
-                        yield self._collect(name, report)
+                        task = self._collect(name, report)
+                        filed.append(name)
+                        yield task
+                        del task
+                    if time.monotonic() - settled >= _SETTLE_INTERVAL:
+                        tasklist._settle(filed)
+                        filed, settled = [], time.monotonic()
             finally:
                 backend.close()
+                tasklist._settle(filed)
                 if report is not None:
                     report.close()
 
@@ -1983,6 +2052,7 @@ def _supervise(todo, result, output=None, autokill=None, memory_limit=None,
     if not os.path.exists(result):
         return False
     with open(result, 'rb') as file:
+        os.fsync(file.fileno())  # no driver on this machine syncs for it
         return _read_header(file, result)['state'] == 'done'
 
 
@@ -2339,7 +2409,7 @@ def _taskfile_command(args):
     else:
         _become_task_process(args.lifeline)
         done = execute(args.taskfile, args.resultfile, args.do_raise, args.do_print,
-                       args.sessionfile)
+                       args.sessionfile, durable=args.lifeline is None)
     return 0 if done else 1
 
 

@@ -19,13 +19,8 @@ import tempfile
 import time
 import traceback
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-# Measure the checkout's runforrest, and let every task process (spawned
-# interpreters included) import it and the workloads.
-sys.path.insert(1, ROOT)
-os.environ['PYTHONPATH'] = os.pathsep.join(
-    [HERE, ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p])
+# Measure the checkout's runforrest, installed or not.
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import workloads  # noqa: E402
 
@@ -56,7 +51,7 @@ BLOB_BYTES = 50_000_000
 CHECKS = []  # (workload, what, value, target, verdict) for the summary
 
 
-# -- runners: each runs fun over args, NPROCESSES at a time, and yields the results
+# -- runners: each runs fun over args and returns an iterable of the results
 
 def runforrest_runner(start_method):
     def run(fun, args, directory):
@@ -180,10 +175,14 @@ def measure(name, fun, args, directory):
         count += 1
         total += result_size
     wall = time.perf_counter() - start
+    verify(count, total, args)
+    return wall, peak_memory()
+
+
+def verify(count, total, args):
     if (count, total) != (len(args), sum(args)):
         raise RuntimeError(f'wrong results: {count} summing to {total}, '
                            f'expected {len(args)} summing to {sum(args)}')
-    return wall, peak_memory()
 
 
 def compare(names, fun, args, options):
@@ -211,7 +210,7 @@ def compare(names, fun, args, options):
 def check(workload, what, value, target):
     """'pass' or 'FAIL' for value <= target, remembered for the summary."""
     verdict = 'pass' if value <= target else 'FAIL'
-    CHECKS.append((workload, what, f'{value:.3g}', f'<= {target:g}', verdict))
+    CHECKS.append((workload, what, f'{value:.3g}', f'<= {target:.3g}', verdict))
     return verdict
 
 
@@ -249,8 +248,9 @@ def overhead(n, options):
             if target:
                 verdict = check('overhead', f'{name} / {reference}', value, target)
         rows.append([name, f'{medians[name][0]:.3f}', f'{per_task[name] * 1000:.2f}',
-                     ratio, f'<= {target}' if target else '', verdict])
-    table(f'overhead: {n} trivial tasks, {NPROCESSES} at a time (floors: one at a time)',
+                     ratio, f'<= {target:g}' if target else '', verdict])
+    table(f'overhead: {n} trivial tasks, {NPROCESSES} at a time (floors: one at a time); '
+          f'per task = wall x tasks at a time / {n}',
           ['runner', 'wall [s]', 'per task [ms]', 'ratio', 'target', 'result'], rows, failures)
 
 
@@ -263,7 +263,7 @@ def sleep(n, options):
     for name, (wall, _) in medians.items():
         target = 1.10 if name == 'runforrest forkserver' else None
         verdict = check('sleep', f'{name} / ideal', wall / ideal, target) if target else ''
-        rows.append([name, f'{wall:.3f}', f'{wall / ideal:.3f}', f'<= {target}' if target else '', verdict])
+        rows.append([name, f'{wall:.3f}', f'{wall / ideal:.3f}', f'<= {target:g}' if target else '', verdict])
     table(f'sleep: {n} tasks of sleep({NAP_MS / 1000}), {NPROCESSES} at a time, ideal {ideal:.2f} s',
           ['runner', 'wall [s]', 'wall / ideal', 'target', 'result'], rows, failures)
 
@@ -292,7 +292,7 @@ def versus_executor(workload, title, names, fun, args, options, target):
             if name == 'runforrest forkserver':
                 verdict = check(workload, f'{name} / ProcessPoolExecutor', wall / reference, target)
         rows.append([name, f'{wall:.3f}', ratio, f'{peak:.0f}',
-                     f'<= {target}' if name == 'runforrest forkserver' else '', verdict])
+                     f'<= {target:g}' if name == 'runforrest forkserver' else '', verdict])
     table(title, ['runner', 'wall [s]', 'ratio vs ProcessPoolExecutor', 'driver peak [MiB]',
                   'target', 'result'], rows, failures)
 
@@ -318,7 +318,7 @@ def schedule(n, options):
     if runforrest is None:
         return print(f'\nschedule skipped: {RUNFORREST_MISSING}')
     directory = os.path.join(options.workdir, 'schedule')
-    timings = {'schedule': [], 'count: len(run())': []}
+    timings = {'schedule': [], 'flush (run() does it first)': [], 'count: len(run())': []}
     for _ in range(options.repeat):
         start = time.perf_counter()
         tasklist = runforrest.TaskList(directory)
@@ -326,18 +326,21 @@ def schedule(n, options):
             tasklist.schedule(runforrest.defer(workloads.identity, i))
         timings['schedule'].append(time.perf_counter() - start)
         start = time.perf_counter()
+        tasklist.flush()
+        timings['flush (run() does it first)'].append(time.perf_counter() - start)
+        start = time.perf_counter()
         count = len(tasklist.run(nprocesses=NPROCESSES))
         timings['count: len(run())'].append(time.perf_counter() - start)
         shutil.rmtree(directory)
         if count != n:
-            return print(f'\nschedule: len(run()) is {count}, expected {n}')
+            raise RuntimeError(f'len(run()) is {count} after scheduling {n} tasks')
     rows = []
     for step, runs in timings.items():
         per_task = statistics.median(runs) / n * 1000
         target = 0.1 if step == 'schedule' else None
         verdict = check('schedule', 'ms per schedule()', per_task, target) if target else ''
         rows.append([step, f'{statistics.median(runs):.3f}', f'{per_task:.4f}',
-                     f'<= {target}' if target else '', verdict])
+                     f'<= {target:g}' if target else '', verdict])
     table(f'schedule: {n} trivial tasks, in {options.workdir}',
           ['step', 'wall [s]', 'per task [ms]', 'target', 'result'], rows)
 
@@ -346,30 +349,34 @@ def scale(n, options):
     if runforrest is None:
         return print(f'\nscale skipped: {RUNFORREST_MISSING}')
     directory = os.path.join(options.workdir, 'scale')
+    rows = []
+
+    def phase(name, start, count):
+        wall = time.perf_counter() - start
+        rows.append([name, f'{wall:.1f}', f'{wall / count * 1000:.2f}', f'{peak_memory():.1f}'])
+
     reset_peak_memory()
     start = time.perf_counter()
     tasklist = runforrest.TaskList(directory)
     for i in range(n):
         tasklist.schedule(runforrest.defer(workloads.identity, i))
-    rows = [['schedule', f'{time.perf_counter() - start:.1f}', f'{peak_memory():.1f}']]
+    phase('schedule', start, n)
     start = time.perf_counter()
     count = total = 0
     for task in tasklist.run(nprocesses=NPROCESSES):
         count += 1
-        total += task.returnvalue if task.errorvalue is None else 0
+        total += returnvalue(task)
         if count == max(1, n // 10):
             early = peak_memory()
-            rows.append([f'run, first {count}', f'{time.perf_counter() - start:.1f}', f'{early:.1f}'])
-    wall, peak = time.perf_counter() - start, peak_memory()
+            phase(f'run, first {count}', start, count)
+    peak = peak_memory()
+    phase(f'run, all {count}', start, count)
     shutil.rmtree(directory)
-    rows.append([f'run, all {count}', f'{wall:.1f}', f'{peak:.1f}'])
-    if (count, total) != (n, sum(range(n))):
-        rows.append([f'WRONG: {count} results summing to {total}, expected {n}', '', ''])
-    print(f'\n(scale: one run, not repeated; {wall / n * 1000:.2f} ms per task)')
-    check('scale', 'driver peak MiB', peak, 100)
-    check('scale', 'peak growth after the first 10% [MiB]', peak - early, max(1, early / 10))
-    table(f'scale: {n} trivial tasks with runforrest forkserver, {NPROCESSES} at a time',
-          ['phase', 'wall [s]', 'driver peak [MiB]'], rows)
+    verify(count, total, range(n))
+    check('scale', 'driver peak [MiB]', peak, 100)
+    check('scale', 'growth of the peak after 10% of the run [MiB]', peak - early, max(1, early / 10))
+    table(f'scale: {n} trivial tasks with runforrest forkserver, {NPROCESSES} at a time, '
+          f'one run', ['phase', 'wall [s]', 'per task [ms]', 'driver peak [MiB]'], rows)
 
 
 WORKLOADS = {'overhead': overhead, 'sleep': sleep, 'cpu': cpu, 'bigresult': bigresult,

@@ -81,6 +81,38 @@ def test_the_console_script_and_python_m_are_the_same_tool(mixed, tmp_path):
     assert runforrest.read_task(tmp_path / 'out.pkl').returnvalue == 81
 
 
+def test_status_while_a_driver_runs(tmp_path):
+    signal = tmp_path / 'go'
+    driver = subprocess.Popen([sys.executable, '-c', f"""
+from runforrest import TaskList, defer
+import tasks_everyday as tasks
+tasklist = TaskList({str(tmp_path / 'tasklist')!r})
+for x in range(2):
+    tasklist.schedule(defer(tasks.step, x, wait={str(signal)!r}))
+for task in tasklist.run(nprocesses=1):
+    pass
+"""], cwd=TESTS)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            done = cli('status', tmp_path / 'tasklist', '--json')
+            data = done.returncode == 0 and json.loads(done.stdout)
+            if data and data['running'] or time.monotonic() > deadline:
+                break
+        assert (data['todo'], data['running']) == (2, 1)
+        assert data['driver']['pid'] == driver.pid
+        assert f'driver: pid {driver.pid} on ' in cli('status', tmp_path / 'tasklist').stdout
+
+        # A second driver is refused while the first one runs.
+        second = cli('run', tmp_path / 'tasklist')
+        assert second.returncode == 2
+        assert f'another driver (pid {driver.pid} ' in second.stderr
+    finally:
+        signal.touch()
+        assert driver.wait(timeout=30) == 0
+    assert json.loads(cli('status', tmp_path / 'tasklist', '--json').stdout)['done'] == 2
+
+
 # -- run ------------------------------------------------------------------
 
 def test_run_resumes_a_list_made_by_a_script(tmp_path):
@@ -287,6 +319,13 @@ def test_a_missing_task_file_is_a_usage_error(tmp_path):
     [line] = done.stderr.splitlines()
     assert 'nosuch.pkl does not exist' in line
     assert not os.path.exists(tmp_path / 'out.pkl')
+
+
+def test_a_result_file_that_cannot_be_written_is_a_usage_error(taskfile, tmp_path):
+    done = cli(taskfile(tasks.square, 2), tmp_path / 'nosuchdir' / 'out.pkl')
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith('runforrest: ') and 'nosuchdir' in line
 
 
 def test_autokill_stops_a_hanging_task_and_records_why(taskfile, tmp_path):

@@ -540,8 +540,9 @@ def test_process_and_thread_bombs_leave_the_others_running(tmp_path, processes,
                         for x in range(2, 8)})
         results = {}
         for task in tasklist.run(nprocesses=3, start_method=sys.argv[2]):
-            results[task.taskname] = [task.returnvalue, str(task.errorvalue)
-                                      if task.errorvalue is not None else None]
+            error = task.errorvalue
+            results[task.taskname] = [task.returnvalue, None if error is None
+                                      else f'{type(error).__name__}: {error}']
         say('result', json.dumps({'healthy': healthy, 'bomb': bomb, 'results': results}))
     ''')
     command = ['setpriv', f'--reuid={NOBODY}', f'--regid={NOBODY}', '--clear-groups',
@@ -685,10 +686,9 @@ def test_driver_killed_at_random_points_loses_and_repeats_nothing(tmp_path, proc
         assert [index_of(name) for name in scheduled] == list(range(len(scheduled))), context
         if 'scheduled' in driver_lines(output):
             assert len(scheduled) == count, context
-        # Only todo/ and collect/ may share a name: a result is in collect/
-        # before its task leaves todo/.
-        for first, second in [('todo', 'done'), ('todo', 'fail'), ('done', 'fail'),
-                              ('done', 'collect'), ('fail', 'collect')]:
+        # A task leaves todo/ only after its result is filed and synced, so
+        # todo/ may share a name with collect/, done/ or fail/; no other two may.
+        for first, second in [('done', 'fail'), ('done', 'collect'), ('fail', 'collect')]:
             assert not set(before[first]) & set(before[second]), (first, second, context)
         assert before['fail'] == [], context
         seen_states.append(f'{len(scheduled)} scheduled, {len(before["done"])} done, '
