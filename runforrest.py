@@ -1064,6 +1064,7 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
     durable=False leaves flushing the result to disk to the caller.
     """
     resultfile = os.path.abspath(resultfile)
+    sessionfile = sessionfile and os.path.abspath(sessionfile)  # before the chdir
     started = time.monotonic()
     header, record, damaged = {}, b'', False
     try:
@@ -1100,12 +1101,24 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
     return error is None
 
 
-def _adopt(header):
+def _adopt(header, chdir=True):
     """Take on the import path and working directory of the driver."""
     driver_path = header.get('sys_path', [])
     sys.path[:] = driver_path + [entry for entry in sys.path if entry not in driver_path]
-    if os.path.isdir(header.get('cwd') or ''):
+    if chdir and os.path.isdir(header.get('cwd') or ''):
         os.chdir(header['cwd'])
+
+
+def _adopt_import_path(*paths):
+    """For the command line: import what the first readable of these task
+    files needs, as the driver that scheduled it did."""
+    for path in paths:
+        try:
+            with open(path, 'rb') as file:
+                _adopt(_read_header(file, path), chdir=False)
+            return
+        except (OSError, TaskFileError):
+            continue
 
 
 def _write_result(path, todo_header, record, outcome, durable, runtime, **fields):
@@ -2398,6 +2411,9 @@ def _taskfile_command(args):
         memory_limit = _parse_bytes(args.memory_limit)
         if not os.path.isfile(args.taskfile):
             raise TaskFileError(f'task file {args.taskfile} does not exist')
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.resultfile))):
+            raise TaskFileError(f'cannot write the result file {args.resultfile}: '
+                                f'its directory does not exist')
     except (TaskFileError, ValueError) as error:
         print(f'runforrest: {error}', file=sys.stderr)
         return 2
@@ -2483,6 +2499,7 @@ def _format_seconds(seconds):
 
 def _run_command(args):
     tasklist = TaskList.open(args.directory)
+    _adopt_import_path(*(tasklist._path('todo', name) for name in tasklist._names('todo')[:1]))
     tasklist.logfile = args.logfile
     counts = {'done': 0, 'fail': 0}
     for task in tasklist.run(nprocesses=args.nprocesses, autokill=args.autokill,
@@ -2531,6 +2548,7 @@ def _show_command(args):
     directory = os.path.dirname(os.path.dirname(path))
     with _open_taskfile(path) as file:
         header = _read_header(file, path)
+    _adopt(header, chdir=False)
     name = _name_of(path)
     data = {'name': name, 'state': header['state'], 'file': path,
             'runtime': header.get('runtime'), 'error': header.get('error')}

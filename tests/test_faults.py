@@ -49,6 +49,7 @@ import glob
 import hashlib
 import json
 import os
+import pickle
 import random
 import resource
 import shutil
@@ -474,6 +475,8 @@ def test_huge_result_arrives_intact_with_one_copy_in_memory(tmp_path, processes)
     assert report['seen'][big] == [size, digest_file.read_text(), 'None']
     assert names(tmp_path / 'tasks', 'done') == sorted([small, big])
     assert os.path.getsize(tmp_path / 'tasks' / 'done' / f'{big}.pkl') > size
+    print(f'driver peak memory grew by {report["growth"] / MiB:.0f} MiB '
+          f'for a {size / MiB:.0f} MiB result')
     # One copy of the result in the driver, with room for the pickle machinery.
     assert report['growth'] < 2.5 * size, f'driver grew by {report["growth"] / MiB:.0f} MiB'
 
@@ -510,6 +513,7 @@ def test_megabytes_of_output_neither_block_nor_pile_up(tmp_path, processes, with
     echoed = logfile.read_text().splitlines() if with_logfile else lines
     assert sum(line.startswith('line ') for line in echoed) == lines_printed
     assert 'flood finished' in echoed
+    print(f'driver peak memory grew by {report["growth"] / MiB:.1f} MiB for 20 MB of output')
     # The driver copies the output piece by piece rather than holding it.
     assert report['growth'] < 8 * MiB, f'driver grew by {report["growth"] / MiB:.1f} MiB'
 
@@ -834,14 +838,11 @@ def test_leaving_the_loop_kills_running_tasks_and_keeps_them_todo(
 # Files: atomic, damaged, locked, out of space
 # ---------------------------------------------------------------------------
 
-def _readable_visible_files(directory):
-    """Every visible file of the list loads; return how many there are."""
-    count = 0
+def assert_visible_files_readable(directory):
+    """Every visible file of the list loads whole."""
     for state in ('todo', 'done', 'fail', 'collect'):
         for name in names(directory, state):
             runforrest.read_task(os.path.join(directory, state, f'{name}.pkl'))
-            count += 1
-    return count
 
 
 @pytest.mark.parametrize('victim', ['driver', 'task'])
@@ -871,8 +872,9 @@ def test_kill_while_writing_a_result_leaves_only_a_hidden_temporary(tmp_path, pr
     # Mid-write: the result exists only as a hidden temporary file.
     temporaries = glob.glob(str(directory / 'collect' / f'.{slow}.pkl.*.tmp'))
     assert len(temporaries) == 1 and os.path.getsize(temporaries[0]) > 20 * MiB
-    assert names(directory, 'collect') == []
-    assert _readable_visible_files(directory) == 3  # 2 done, the slow one in todo
+    assert names(directory, 'collect') == [] and slow in names(directory, 'todo')
+    assert slow not in names(directory, 'done') + names(directory, 'fail')
+    assert_visible_files_readable(directory)
 
     if victim == 'driver':
         driver.kill()
@@ -881,7 +883,7 @@ def test_kill_while_writing_a_result_leaves_only_a_hidden_temporary(tmp_path, pr
         wait_for(lambda: not session_members(driver.pid), 'the driver\'s processes to end',
                  timeout=PROMPTLY)
         assert os.path.exists(temporaries[0]), 'the task died mid-write'
-        assert layout(directory)['collect'] == [] and names(directory, 'todo') == [slow]
+        assert names(directory, 'collect') == [] and slow in names(directory, 'todo')
         flag.unlink()  # the next attempt writes its result at once
         [task] = TaskList.open(directory).run()
         assert task.taskname == slow and task.errorvalue is None
@@ -895,7 +897,7 @@ def test_kill_while_writing_a_result_leaves_only_a_hidden_temporary(tmp_path, pr
         [line] = [line for line in lines if line.startswith(f'yielded {slow}')]
         assert 'TaskCrashed' in line and 'SIGKILL' in line, line
         assert names(directory, 'fail') == [slow]
-        assert _readable_visible_files(directory) == 3
+        assert_visible_files_readable(directory)
         # Nothing left to run, but the next run tidies the stale temporary away.
         assert list(TaskList.open(directory).run()) == []
     assert hidden_files(directory) == []
@@ -967,13 +969,17 @@ def test_reading_a_damaged_result_file_names_it_or_skips_it(tasklist, state):
     good = tasklist.schedule(defer(faulty.double, 1))
     bad = tasklist.schedule(defer(faulty.raise_value_error, 'no'))
     list(tasklist.run(nprocesses=2))
-    # A copy of a real result file, cut in the middle of its outcome.
+    # A copy of a real result file, cut in the middle of its outcome (after
+    # the header and the task record).
     source = os.path.join(tasklist.directory, state, f'{good if state == "done" else bad}.pkl')
     broken = os.path.join(tasklist.directory, state, '00000009-broken.pkl')
     with open(source, 'rb') as file:
+        header = pickle.load(file)
+        outcome_starts = file.tell() + header['record_size']
+        file.seek(0)
         data = file.read()
     with open(broken, 'wb') as file:
-        file.write(data[:len(data) - 5])
+        file.write(data[:outcome_starts + (len(data) - outcome_starts) // 2])
     read = tasklist.done_tasks if state == 'done' else tasklist.fail_tasks
     with pytest.raises(TaskFileError) as info:
         list(read())
@@ -1043,10 +1049,13 @@ def test_full_disk_while_writing_a_result_loses_nothing(small_disk, tmp_path):
         # The run may stop, if it says why...
         assert 'No space left' in str(raised) or getattr(raised, 'errno', None) == 28, raised
     else:
-        # ... or go on, with the big task failed for a reason that says so.
+        # ... or go on, with the big task failed for a reason that says so:
+        # the disk is full; the result itself was fine (bytes pickle).
         error = results[big].errorvalue
         assert error is not None and ('No space left' in str(error)
                                       or getattr(error, 'errno', None) == 28), repr(error)
+        assert not isinstance(error, UnpicklableResult), \
+            f'a full disk is reported as an unpicklable result: {error!r}'
         assert names(directory, 'fail') == [big]
         assert all(results[name].returnvalue == value for name, value in rest.items())
     # Nothing stored before is lost: every task is somewhere, results intact.
