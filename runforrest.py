@@ -65,7 +65,7 @@ class RunforrestError(Exception):
     3
     """
 
-    def __init__(self, message='', **details):
+    def __init__(self, message='', /, **details):
         super().__init__(message)
         self.__dict__.update(details)
 
@@ -575,6 +575,15 @@ def _load(data, path, what):
                             path=path, reason=f'{type(error).__name__}: {error}') from error
 
 
+def _unpack(record, path):
+    """(task, metadata) from a task file's record."""
+    stored = _load(record, path, 'task')
+    if not isinstance(stored, dict) or not isinstance(stored.get('task'), Task):
+        raise TaskFileError(f'{path} holds no runforrest task', path=path,
+                            reason='no task in the record')
+    return stored['task'], stored.get('metadata')
+
+
 def read_task(path, outcome=True):
     """The task stored in a task or result file, with its metadata and
     taskname, and with returnvalue, errorvalue, traceback and runtime if it
@@ -584,9 +593,11 @@ def read_task(path, outcome=True):
     """
     with _open_taskfile(path) as file:
         header, record = _read_parts(file, path)
-        stored = _load(record, path, 'task') if record else {'task': Value(None)}
-        task = stored['task']
-        task.metadata = stored.get('metadata')
+        if header.get('damaged'):  # its bytes are kept, but hold no task
+            task, metadata = Value(None), None
+        else:
+            task, metadata = _unpack(record, path)
+        task.metadata = metadata
         task.taskname = _name_of(path)
         if outcome and header['state'] != 'todo':
             result = _load(lambda: pickle.load(file), path, 'outcome')
@@ -1080,7 +1091,7 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
             import dill
             dill.load_module(sessionfile)
         try:
-            task = _load(record, taskfile, 'task')['task']
+            task, _ = _unpack(record, taskfile)
         except TaskFileError:
             damaged = True
             raise
