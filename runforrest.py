@@ -478,12 +478,16 @@ def _dump(obj, file):
     try:
         _FastPickler(file, pickle.HIGHEST_PROTOCOL).dump(obj)
         return
+    except OSError:
+        raise  # the file's fault (a full disk), not the object's
     except Exception:
         file.seek(start)
         file.truncate()
     import dill
     try:
         dill.Pickler(file, pickle.HIGHEST_PROTOCOL, recurse=True).dump(obj)
+    except OSError:
+        raise
     except Exception as error:
         file.seek(start)
         file.truncate()
@@ -1101,8 +1105,16 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
             raise
         import traceback
         outcome = {'errorvalue': error, 'traceback': traceback.format_exc()}
-    _write_result(resultfile, header, record, outcome, durable,
-                  runtime=time.monotonic() - started, damaged=damaged)
+    runtime = time.monotonic() - started
+    try:
+        _write_result(resultfile, header, record, outcome, durable,
+                      runtime=runtime, damaged=damaged)
+    except OSError as failure:  # a full disk, say: a smaller result may still fit
+        outcome = {'errorvalue': OSError(failure.errno, f'cannot write the result to '
+                                         f'{resultfile}: {failure.strerror}'),
+                   'traceback': None}
+        _write_result(resultfile, header, record, outcome, durable,
+                      runtime=runtime, damaged=damaged)
     error = outcome.get('errorvalue')
     if error is not None:
         if do_print:
@@ -1278,8 +1290,13 @@ def _record_death(todo, result, error, runtime):
                 record = file.read()
         except FileNotFoundError:
             record = b''
-    _write_result(result, header, record, {'errorvalue': error, 'traceback': None},
-                  durable=False, runtime=runtime, damaged=damaged, died=True)
+    try:
+        _write_result(result, header, record, {'errorvalue': error, 'traceback': None},
+                      durable=False, runtime=runtime, damaged=damaged, died=True)
+    except OSError as failure:
+        raise OSError(failure.errno, f'cannot record how the task {todo} ended '
+                      f'({_summary(error)}): {failure.strerror}. The task stays in '
+                      f'todo/, and everything stored before is kept') from failure
 
 
 def _group_memory(groups):
