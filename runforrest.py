@@ -2191,6 +2191,8 @@ def _slurm(*command):
     except FileNotFoundError:
         raise RunforrestError(f'{command[0]} was not found: is this a SLURM '
                               f'login node, with SLURM on the PATH?') from None
+    if done.returncode != 0 and 'Invalid job id' in done.stderr:
+        return ''  # every job asked about ended long enough ago to be forgotten
     if done.returncode != 0:
         raise RunforrestError(f'{" ".join(command[:2])} … failed: {done.stderr.strip()}')
     return done.stdout
@@ -2259,8 +2261,10 @@ class _SlurmBackend:
                                             python=_shell_quote(self.slurm.python),
                                             directory=_shell_quote(tasklist.directory),
                                             arguments=arguments))
+        # --no-requeue: after a node failure, SLURM would run the task again
+        # behind our back; runforrest records it, and retries if asked to.
         output = _slurm('sbatch', '--parsable', f'--array=0-{len(names) - 1}%{self.nprocesses}',
-                        '--job-name=runforrest', f'--chdir={os.getcwd()}',
+                        '--job-name=runforrest', '--no-requeue', f'--chdir={os.getcwd()}',
                         f'--output={os.path.join(self.workdir, "%A_%a.log")}',
                         *self.slurm.sbatch_options, script)
         job = output.strip().split(';')[0]
@@ -2309,9 +2313,10 @@ class _SlurmBackend:
             self.gone[name] = self.gone.get(name, 0) + 1
             result = self.tasklist._path('collect', name)
             if self.gone[name] >= 2 and not os.path.exists(result):
+                log = os.path.join(self.workdir, f'{element}.log')
                 _record_death(self.tasklist._path('todo', name), result, TaskLost(
-                    f'SLURM job {element} ended as {state} ({reason}) without a result',
-                    state=state, reason=reason), runtime=None)
+                    f'SLURM job {element} ended as {state} ({reason}) without a result'
+                    f'{_last_line(log)}', state=state, reason=reason), runtime=None)
                 lost.append(name)
         return lost
 
@@ -2323,6 +2328,17 @@ class _SlurmBackend:
                 _unlink(self.tasklist._path('running', name))
         self.jobs.clear()
         self.queued.clear()
+
+
+def _last_line(path):
+    """'; its log says: ...' with the last line of a job's log, if any: the
+    only place where SLURM says that it killed a job for its memory."""
+    try:
+        with open(path, errors='replace') as file:
+            lines = [line.strip() for line in file if line.strip()]
+    except OSError:
+        return ''
+    return f'; its log {path} ends: {lines[-1]}' if lines else ''
 
 
 _SLURM_SCRIPT = '''#!/bin/sh

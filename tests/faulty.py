@@ -245,7 +245,9 @@ def flood(lines):
 
 def fork_bomb(limit, hold):
     """Fork children (which just wait) until fork fails or `limit` is
-    reached, keep them for `hold` seconds, then fail with what stopped it."""
+    reached; then one child exits, leaving room for exactly one more
+    process or thread; keep the rest for `hold` seconds, then fail with what
+    stopped the bomb."""
     children = []
     error = None
     try:
@@ -257,23 +259,33 @@ def fork_bomb(limit, hold):
             children.append(pid)
     except OSError as stop:
         error = stop
+    if error is not None and children:
+        os.kill(children[-1], signal.SIGKILL)
+        os.waitpid(children.pop(), 0)
     time.sleep(hold)
-    raise RuntimeError(f'fork bomb made {len(children)} processes, then: {error}')
+    raise RuntimeError(f'fork bomb made {len(children) + 1} processes, then: {error}')
 
 
 def thread_bomb(limit, hold):
     """Start threads (which just wait) until that fails or `limit` is
-    reached, keep them for `hold` seconds, then fail with what stopped it."""
-    release = threading.Event()
-    threads = []
+    reached; then one thread ends, leaving room for exactly one more process
+    or thread; keep the rest for `hold` seconds, then fail with what stopped
+    the bomb."""
+    release, release_one = threading.Event(), threading.Event()
+    first = threading.Thread(target=release_one.wait, daemon=True)
+    first.start()
+    threads = [first]
     error = None
     try:
-        for _ in range(limit):
+        for _ in range(limit - 1):
             thread = threading.Thread(target=release.wait, daemon=True)
             thread.start()
             threads.append(thread)
     except RuntimeError as stop:
         error = stop
+    if error is not None:
+        release_one.set()
+        first.join()
     time.sleep(hold)
     release.set()
     raise RuntimeError(f'thread bomb made {len(threads)} threads, then: {error}')

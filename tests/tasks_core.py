@@ -76,3 +76,10 @@ def count_and_sleep(path, value, seconds):
         file.write(f'{value}\n')
     time.sleep(seconds)
     return value
+
+
+def hold_memory(megabytes):
+    """Touch this much memory, and keep it."""
+    block = bytearray(megabytes << 20)
+    time.sleep(60)
+    return len(block)

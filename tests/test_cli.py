@@ -25,6 +25,14 @@ def cli(*arguments, cwd=TESTS, command=(sys.executable, '-m', 'runforrest')):
                           capture_output=True, text=True, timeout=60)
 
 
+def console_script():
+    """The installed `runforrest` command, next to this Python if possible."""
+    script = (shutil.which('runforrest', path=os.path.dirname(sys.executable))
+              or shutil.which('runforrest'))
+    assert script, 'the runforrest console script is not installed'
+    return [script]
+
+
 @pytest.fixture
 def mixed(tmp_path):
     """A list with 3 done, 3 failed (2 ValueError, 1 ZeroDivisionError), 1 todo."""
@@ -70,14 +78,11 @@ def test_status_json(mixed):
 
 
 def test_the_console_script_and_python_m_are_the_same_tool(mixed, tmp_path):
-    script = (shutil.which('runforrest', path=os.path.dirname(sys.executable))
-              or shutil.which('runforrest'))
-    assert script, 'the runforrest console script is not installed'
-    status = cli('status', mixed.directory, command=[script])
+    status = cli('status', mixed.directory, command=console_script())
     assert status.returncode == 0
     assert status.stdout == cli('status', mixed.directory).stdout
     taskfile = os.path.join(mixed.directory, 'todo', '00000007-square.pkl')
-    assert cli(taskfile, tmp_path / 'out.pkl', command=[script]).returncode == 0
+    assert cli(taskfile, tmp_path / 'out.pkl', command=console_script()).returncode == 0
     assert runforrest.read_task(tmp_path / 'out.pkl').returnvalue == 81
 
 
@@ -103,10 +108,11 @@ for task in tasklist.run(nprocesses=1):
         assert data['driver']['pid'] == driver.pid
         assert f'driver: pid {driver.pid} on ' in cli('status', tmp_path / 'tasklist').stdout
 
-        # A second driver is refused while the first one runs.
-        second = cli('run', tmp_path / 'tasklist')
-        assert second.returncode == 2
-        assert f'another driver (pid {driver.pid} ' in second.stderr
+        # Neither a second driver nor clean may touch the list meanwhile.
+        for command in ('run', 'clean'):
+            refused = cli(command, tmp_path / 'tasklist')
+            assert refused.returncode == 2
+            assert f'another driver (pid {driver.pid} ' in refused.stderr
     finally:
         signal.touch()
         assert driver.wait(timeout=30) == 0
@@ -125,7 +131,7 @@ def test_run_resumes_a_list_made_by_a_script(tmp_path):
     assert len(names(tasklist, 'todo')) == 4
 
     started = time.monotonic()
-    done = cli('run', tasklist.directory, '-n', 2, '--autokill', 1)
+    done = cli('run', tasklist.directory, '-n', 2, '--autokill', 2)
     assert time.monotonic() - started < 30
     assert done.returncode == 1  # one task failed
     assert done.stdout.splitlines()[-1] == \
@@ -196,8 +202,7 @@ def test_show_finds_the_tasks_module_as_the_driver_did(tmp_path):
         "tasklist.schedule(defer(mymodule.boom, 7), metadata='seven')\n"
         'for task in tasklist.run():\n    pass\n')
     subprocess.run([sys.executable, 'script.py'], cwd=tmp_path, check=True, timeout=60)
-    script = shutil.which('runforrest', path=os.path.dirname(sys.executable))
-    done = cli('show', 'tasklist/00000001', cwd=tmp_path, command=[script])
+    done = cli('show', 'tasklist/00000001', cwd=tmp_path, command=console_script())
     assert 'unreadable' not in done.stdout
     assert 'call      boom(7)' in done.stdout
     assert "metadata  'seven'" in done.stdout
@@ -250,7 +255,7 @@ def test_retry_of_an_unknown_task_is_refused(mixed):
 
 @pytest.fixture
 def taskfile(tmp_path):
-    """Schedule a task; return the path of its task file."""
+    """A function that schedules a task and returns its task file."""
     tasklist = TaskList(tmp_path / 'tasklist')
 
     def make(fun, *args):

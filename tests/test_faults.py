@@ -563,6 +563,7 @@ def test_process_and_thread_bombs_leave_the_others_running(tmp_path, processes,
     failures = {name: result for name, result in results.items() if result[1] is not None}
     assert list(failures) == [report['bomb']], f'only the bomb may fail: {failures}'
     value, error = results[report['bomb']]
+    print(f'{bomb} ({start_method}): {error}')
     # The bomb really hit the limit (it stopped before its own bound of 200).
     assert 'RuntimeError' in error and ('Resource temporarily unavailable' in error
                                         or "can't start new thread" in error), error

@@ -92,7 +92,7 @@ def test_a_crash_fails_only_its_own_item():
 
 def test_autokill_stops_an_item_that_hangs():
     results = list(pmap(lambda hang: tasks.hang() if hang else 'fine', [True, False],
-                        nprocesses=2, autokill=0.5, errors='return'))
+                        nprocesses=2, autokill=2, errors='return'))
     assert isinstance(results[0], runforrest.TaskTimeout)
     assert results[1] == 'fine'
 

@@ -106,6 +106,15 @@ def test_a_job_that_dies_without_a_result_is_recorded_with_slurms_state(tmp_path
     assert 'CANCELLED' in str(lost)
 
 
+def test_a_job_that_slurm_kills_for_its_memory_says_so(tmp_path, slurm):
+    tasklist = TaskList(tmp_path / 'list')
+    tasklist.schedule(defer(tasks_core.hold_memory, 600))
+    frugal = Slurm(mem='150M', poll_interval=0.3)
+    [task] = tasklist.run(nprocesses=1, executor=frugal)
+    assert isinstance(task.errorvalue, TaskLost)
+    assert 'exceeded job memory limit' in str(task.errorvalue).lower(), task.errorvalue
+
+
 DRIVER = textwrap.dedent('''
     import sys, tasks_core
     from runforrest import Slurm, TaskList, defer
