@@ -35,6 +35,7 @@ line.
 
 # Only what a task process needs is imported here; the driver's tools are
 # imported where they are used, so that a task process starts fast.
+import errno
 import os
 import pickle
 import sys
@@ -44,7 +45,7 @@ __version__ = '1.0.0'
 
 __all__ = [
     'defer', 'evaluate', 'Task', 'Call', 'Value', 'Item', 'Attribute',
-    'TaskList', 'Run', 'pmap', 'execute', 'Slurm',
+    'TaskList', 'Run', 'pmap', 'execute', 'read_task', 'Slurm',
     'RunforrestError', 'TaskListError', 'TaskListExists', 'NotATaskList',
     'TaskListBusy', 'TaskFileError', 'NotPicklable', 'TaskFailure',
     'TaskCrashed', 'TaskKilled', 'TaskTimeout', 'TaskOutOfMemory',
@@ -471,6 +472,9 @@ class _Discard:
         pass
 
 
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+
+
 def _dump(obj, file):
     """Pickle obj into file: with the fast C pickler where it can, with dill
     where it must (lambdas, closures, objects of __main__)."""
@@ -478,16 +482,24 @@ def _dump(obj, file):
     try:
         _FastPickler(file, pickle.HIGHEST_PROTOCOL).dump(obj)
         return
-    except OSError:
-        raise  # the file's fault (a full disk), not the object's
+    except OSError as error:
+        if error.errno in _STORAGE_ERRORS:
+            raise  # the file's fault (a full disk, say), not the object's
+        file.seek(start)
+        file.truncate()
     except Exception:
         file.seek(start)
         file.truncate()
     import dill
     try:
         dill.Pickler(file, pickle.HIGHEST_PROTOCOL, recurse=True).dump(obj)
-    except OSError:
-        raise
+    except OSError as error:
+        if error.errno in _STORAGE_ERRORS:
+            raise
+        file.seek(start)
+        file.truncate()
+        raise NotPicklable(f'{type(obj).__name__} cannot be pickled: {error}',
+                           type_name=type(obj).__name__) from None
     except Exception as error:
         file.seek(start)
         file.truncate()
@@ -682,8 +694,8 @@ class TaskList:
     >>> [task.returnvalue for task in tasklist.run(nprocesses=2)]
     [1024]
 
-    directory: refused if it exists, unless `exist_ok`; then `pre_clean`
-        empties it first. A directory that holds something other than a
+    directory: refused if it exists (and is not empty), unless `exist_ok`;
+        then `pre_clean` empties it first. A directory that holds something other than a
         task list is never touched (`NotATaskList`).
     post_clean: remove the directory when this object is discarded (or at
         the end of a `with` block).
@@ -701,8 +713,8 @@ class TaskList:
         self.directory = os.path.abspath(os.fspath(directory))
         self.logfile = logfile
         self._noschedule = False
-        if os.path.exists(self.directory):
-            if not self._is_tasklist() and not self._is_empty_directory():
+        if os.path.exists(self.directory) and not self._is_empty_directory():
+            if not self._is_tasklist():
                 raise NotATaskList(
                     f'{self.directory} exists and is not a task list (it has '
                     f'no todo/ directory); runforrest leaves it alone: choose '
@@ -1103,8 +1115,7 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
     except BaseException as error:
         if isinstance(error, TaskFileError) and error.reason == 'missing':
             raise
-        import traceback
-        outcome = {'errorvalue': error, 'traceback': traceback.format_exc()}
+        outcome = {'errorvalue': error, 'traceback': _format_traceback(error)}
     runtime = time.monotonic() - started
     try:
         _write_result(resultfile, header, record, outcome, durable,
@@ -1118,10 +1129,20 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
     error = outcome.get('errorvalue')
     if error is not None:
         if do_print:
-            print(outcome['traceback'], file=sys.stderr, end='')
+            print(outcome['traceback'] or _summary(error) + '\n', file=sys.stderr, end='')
         if do_raise:
             raise error
     return error is None
+
+
+def _format_traceback(error):
+    """error's traceback, from the first frame that is not runforrest's own."""
+    import traceback
+    frames = error.__traceback__
+    while frames is not None and frames.tb_next is not None and \
+            frames.tb_frame.f_code.co_filename == __file__:
+        frames = frames.tb_next
+    return ''.join(traceback.format_exception(type(error), error, frames))
 
 
 def _adopt(header, chdir=True):
@@ -1222,7 +1243,14 @@ def _become_task_process(lifeline):
                     break
             os.killpg(os.getpgrp(), signal.SIGKILL)
 
-        threading.Thread(target=watch, daemon=True, name='runforrest-lifeline').start()
+        for attempt in range(200):
+            try:
+                threading.Thread(target=watch, daemon=True, name='runforrest-lifeline').start()
+                break
+            except RuntimeError:  # the process limit, which counts threads: wait for room
+                if attempt == 199:
+                    raise
+                time.sleep(_START_RETRY)
 
 
 # ---------------------------------------------------------------------------
@@ -1530,10 +1558,11 @@ class _Supervisor:
     result is recorded."""
 
     def __init__(self, start_method='spawn', preload=(), autokill=None,
-                 memory_limit=None, sessionfile=None, abandon_unless=None):
+                 memory_limit=None, sessionfile=None, abandon_unless=None, in_job=False):
         import selectors
         self.autokill, self.memory_limit = autokill, memory_limit
         self.abandon_unless, self.abandoned = abandon_unless, False
+        self.in_job = in_job
         self.selector = selectors.DefaultSelector()
         self.lifeline, self._lifeline_end = os.pipe()
         env = _task_environment()
@@ -1625,7 +1654,10 @@ class _Supervisor:
 
     def _finish(self, job, returncode):
         del self.jobs[job.result]
-        if not os.path.exists(job.result) and not self.abandoned:
+        # In a cluster job, SIGTERM comes from the cluster, which stops the whole
+        # job: its driver records that, with the cluster's state and reason.
+        stopped = self.in_job and returncode == -15
+        if not os.path.exists(job.result) and not self.abandoned and not stopped:
             _record_death(job.todo, job.result, job.cause or _crash_error(returncode),
                           runtime=time.monotonic() - job.started)
         return job.result
@@ -2024,9 +2056,9 @@ def pmap(fun, items, nprocesses=None, *, star=False, kwstar=False, args=(),
 
     errors='raise' raises the first failure (in input order), with the
     task's traceback as its cause; errors='return' yields the error in
-    place of the result. The tasks live in a temporary task list (or in
-    `directory`, which is then kept); run_options go to `TaskList.run`,
-    e.g. autokill=60 or memory_limit='2G'.
+    place of the result. The tasks live in a temporary task list, or in
+    `directory`, which must not exist yet and is kept afterwards.
+    run_options go to `TaskList.run`, e.g. autokill=60 or memory_limit='2G'.
     """
     if errors not in ('raise', 'return'):
         raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
@@ -2036,7 +2068,7 @@ def pmap(fun, items, nprocesses=None, *, star=False, kwstar=False, args=(),
         keep = False
     else:
         keep = True
-    with TaskList(directory, exist_ok=True, post_clean=not keep) as tasklist:
+    with TaskList(directory, exist_ok=not keep, post_clean=not keep) as tasklist:
         for index, item in enumerate(items):
             values, keywords = (item if kwstar else (item, {}))
             values = tuple(values) if star else (values,)
@@ -2084,7 +2116,7 @@ def _supervise(todo, result, output=None, autokill=None, memory_limit=None,
     Kills the task, recording nothing, if the file abandon_unless vanishes.
     Returns whether the task succeeded."""
     supervisor = _Supervisor('spawn', (), autokill, _parse_bytes(memory_limit),
-                             sessionfile, abandon_unless)
+                             sessionfile, abandon_unless, in_job=True)
     try:
         supervisor.start(todo, result, output)
         supervisor.wait()

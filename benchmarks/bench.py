@@ -1,7 +1,7 @@
 """Benchmarks of runforrest against the cost of a bare process, and against its peers.
 
-    python benchmarks/bench.py --quick      # small sizes, a minute or two
-    python benchmarks/bench.py              # the sizes of the targets; scale alone runs 100,000 tasks
+    python benchmarks/bench.py --quick      # small sizes, a few minutes
+    python benchmarks/bench.py              # the targets' sizes: scale runs 100,000 tasks
     python benchmarks/bench.py --only cpu,scale --repeat 5 --scale-tasks 20000
 Prints a Markdown table per workload and the targets met. Peers: pip install runforrest[bench].
 """
@@ -263,8 +263,10 @@ def sleep(n, options):
     for name, (wall, _) in medians.items():
         target = 1.10 if name == 'runforrest forkserver' else None
         verdict = check('sleep', f'{name} / ideal', wall / ideal, target) if target else ''
-        rows.append([name, f'{wall:.3f}', f'{wall / ideal:.3f}', f'<= {target:g}' if target else '', verdict])
-    table(f'sleep: {n} tasks of sleep({NAP_MS / 1000}), {NPROCESSES} at a time, ideal {ideal:.2f} s',
+        rows.append([name, f'{wall:.3f}', f'{wall / ideal:.3f}',
+                     f'<= {target:g}' if target else '', verdict])
+    table(f'sleep: {n} tasks of sleep({NAP_MS / 1000}), {NPROCESSES} at a time, '
+          f'ideal {ideal:.2f} s',
           ['runner', 'wall [s]', 'wall / ideal', 'target', 'result'], rows, failures)
 
 
@@ -290,7 +292,8 @@ def versus_executor(workload, title, names, fun, args, options, target):
         if reference:
             ratio = f'{wall / reference:.3f}'
             if name == 'runforrest forkserver':
-                verdict = check(workload, f'{name} / ProcessPoolExecutor', wall / reference, target)
+                verdict = check(workload, f'{name} / ProcessPoolExecutor',
+                                wall / reference, target)
         rows.append([name, f'{wall:.3f}', ratio, f'{peak:.0f}',
                      f'<= {target:g}' if name == 'runforrest forkserver' else '', verdict])
     table(title, ['runner', 'wall [s]', 'ratio vs ProcessPoolExecutor', 'driver peak [MiB]',
@@ -314,12 +317,27 @@ def bigresult(n, options):
                     [BLOB_BYTES] * n, options, 1.0)
 
 
+def write_floor(directory, n):
+    """Seconds to write n small files, about the size of a task file, in a
+    new directory: file creation varies a lot from machine to machine."""
+    os.makedirs(directory)
+    start = time.perf_counter()
+    for i in range(n):
+        with open(os.path.join(directory, f'{i:08d}-identity.pkl'), 'wb') as file:
+            file.write(bytes(500))
+    return time.perf_counter() - start
+
+
 def schedule(n, options):
     if runforrest is None:
         return print(f'\nschedule skipped: {RUNFORREST_MISSING}')
     directory = os.path.join(options.workdir, 'schedule')
-    timings = {'schedule': [], 'flush (run() does it first)': [], 'count: len(run())': []}
+    floor = 'floor: write a file'
+    timings = {floor: [], 'schedule': [], 'flush (run() does it first)': [],
+               'count: len(run())': []}
     for _ in range(options.repeat):
+        timings[floor].append(write_floor(directory, n))
+        shutil.rmtree(directory)
         start = time.perf_counter()
         tasklist = runforrest.TaskList(directory)
         for i in range(n):
@@ -334,15 +352,16 @@ def schedule(n, options):
         shutil.rmtree(directory)
         if count != n:
             raise RuntimeError(f'len(run()) is {count} after scheduling {n} tasks')
+    medians = {step: statistics.median(runs) for step, runs in timings.items()}
     rows = []
-    for step, runs in timings.items():
-        per_task = statistics.median(runs) / n * 1000
+    for step, wall in medians.items():
+        per_task = wall / n * 1000
         target = 0.1 if step == 'schedule' else None
         verdict = check('schedule', 'ms per schedule()', per_task, target) if target else ''
-        rows.append([step, f'{statistics.median(runs):.3f}', f'{per_task:.4f}',
+        rows.append([step, f'{wall:.3f}', f'{per_task:.4f}', f'{wall / medians[floor]:.2f}',
                      f'<= {target:g}' if target else '', verdict])
-    table(f'schedule: {n} trivial tasks, in {options.workdir}',
-          ['step', 'wall [s]', 'per task [ms]', 'target', 'result'], rows)
+    table(f'schedule: {n} trivial tasks, under {os.path.dirname(options.workdir)}',
+          ['step', 'wall [s]', 'per task [ms]', 'ratio vs floor', 'target', 'result'], rows)
 
 
 def scale(n, options):
@@ -374,7 +393,8 @@ def scale(n, options):
     shutil.rmtree(directory)
     verify(count, total, range(n))
     check('scale', 'driver peak [MiB]', peak, 100)
-    check('scale', 'growth of the peak after 10% of the run [MiB]', peak - early, max(1, early / 10))
+    check('scale', 'growth of the peak after 10% of the run [MiB]', peak - early,
+          max(1, early / 10))
     table(f'scale: {n} trivial tasks with runforrest forkserver, {NPROCESSES} at a time, '
           f'one run', ['phase', 'wall [s]', 'per task [ms]', 'driver peak [MiB]'], rows)
 
@@ -403,8 +423,10 @@ def main():
           f'runforrest {getattr(runforrest, "__version__", "missing")}, '
           f'joblib {getattr(joblib, "__version__", "missing")}, '
           f'peers start with {multiprocessing.get_start_method()}, '
-          f'{"quick" if options.quick else "full"} sizes, median of {options.repeat}')
-    options.workdir = tempfile.mkdtemp(prefix='runforrest-bench-', dir=options.workdir)
+          f'{"quick" if options.quick else "full"} sizes, median of {options.repeat}, '
+          f'load average {os.getloadavg()[0]:.1f} (other work skews the results)')
+    options.workdir = tempfile.mkdtemp(prefix='runforrest-bench-',
+                                       dir=os.path.abspath(options.workdir))
     # Spawned task processes load runforrest from cached bytecode, as from an
     # installed copy, even where PYTHONDONTWRITEBYTECODE is set (compiling it
     # anew costs more than starting the interpreter); the cache goes away too.

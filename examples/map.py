@@ -34,7 +34,7 @@ def main():
 
     # autokill (any option of TaskList.run works) stops calls that hang.
     started = time.monotonic()
-    results = list(pmap(time.sleep, [0, 60], autokill=1, errors='return'))
+    results = list(pmap(time.sleep, [0, 60], autokill=2, errors='return'))
     print('autokill:', [type(result).__name__ for result in results],
           f'after {time.monotonic() - started:.0f} s, not 60')
 

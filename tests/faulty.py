@@ -300,3 +300,36 @@ def append_effect(path, value, seconds):
         file.write(f'{os.getpid()} {start_time(os.getpid())}\n')
     time.sleep(seconds)
     return value
+
+
+# -- not a task: a process hog, run as a script by the tests ----------------------
+
+def hog(ready_file, leave_free, hold):
+    """Fork children until fork fails (the process limit), then let
+    `leave_free` of them exit, so that exactly that many processes or
+    threads may start; say so in ready_file, hold for `hold` seconds, and
+    leave (taking the children along)."""
+    children = []
+    while len(children) < 1000:
+        try:
+            pid = os.fork()
+        except OSError:
+            break
+        if pid == 0:
+            time.sleep(hold + 60)
+            os._exit(0)
+        children.append(pid)
+    for _ in range(leave_free):
+        pid = children.pop()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    with open(ready_file, 'w') as file:
+        file.write(str(len(children)))
+    time.sleep(hold)
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+if __name__ == '__main__':
+    hog(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))

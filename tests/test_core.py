@@ -344,3 +344,24 @@ def test_a_missing_task_file_is_named(tmp_path):
     (tmp_path / 'junk.pkl').write_bytes(b'not a pickle at all')
     with pytest.raises(TaskFileError, match='junk.pkl is not a readable task file'):
         runforrest.read_task(tmp_path / 'junk.pkl')
+
+
+def test_a_traceback_starts_at_the_tasks_own_code(tasklist):
+    tasklist.schedule(defer(tasks_core.fail, 'where'))
+    [task] = tasklist.run(nprocesses=1)
+    assert 'runforrest.py' not in task.traceback
+    assert 'in fail' in task.traceback and 'ValueError: where' in task.traceback
+
+
+def test_an_empty_directory_is_as_good_as_none(tmp_path):
+    (tmp_path / 'empty').mkdir()
+    tasklist = TaskList(tmp_path / 'empty')
+    tasklist.schedule(defer(tasks_core.identity, 1))
+    assert [task.returnvalue for task in tasklist.run(nprocesses=1)] == [1]
+
+
+def test_pmap_never_reuses_an_existing_list(tmp_path):
+    TaskList(tmp_path / 'list').schedule(defer(1))
+    with pytest.raises(TaskListExists):
+        list(runforrest.pmap(tasks_core.identity, [1], directory=tmp_path / 'list'))
+    assert len(TaskList.open(tmp_path / 'list')._names('todo')) == 1

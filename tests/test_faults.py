@@ -26,7 +26,9 @@ Covered:
   stdout), and the driver's memory does not grow with it.
 - a task forks or starts threads until the system refuses (RLIMIT_NPROC, with
   the driver running as an unprivileged user): the healthy tasks still
-  complete; tasks see OMP_NUM_THREADS=1 etc. unless the user set them.
+  complete; and, deterministically, a task process that starts when there
+  is room for it but not for its lifeline thread still runs once room comes.
+  Tasks see OMP_NUM_THREADS=1 etc. unless the user set them.
 - retries=1: a task that crashes once ends in done/, one that always
   crashes ends in fail/ after two attempts.
 - the driver is SIGKILLed at random points of scheduling, starting and
@@ -46,7 +48,6 @@ Covered:
 
 import fcntl
 import glob
-import hashlib
 import json
 import os
 import pickle
@@ -521,19 +522,60 @@ def test_megabytes_of_output_neither_block_nor_pile_up(tmp_path, processes, with
 # -- process and thread limits ------------------------------------------------
 
 NOBODY = 65534
+# Root ignores RLIMIT_NPROC, so these tests run the driver as 'nobody',
+# with a small limit on its processes and threads. It keeps the capabilities
+# to read and write files (the venv and tmp_path are in root-only
+# directories), not the ones (CAP_SYS_RESOURCE, CAP_SYS_ADMIN) that lift the
+# limit.
+AS_NOBODY = ['setpriv', f'--reuid={NOBODY}', f'--regid={NOBODY}', '--clear-groups',
+             '--inh-caps=+dac_override,+dac_read_search',
+             '--ambient-caps=+dac_override,+dac_read_search', '--']
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason='needs root, to run the driver as an unprivileged user '
+    'whose process limit (RLIMIT_NPROC) is enforced')
+needs_setpriv = pytest.mark.skipif(shutil.which('setpriv') is None,
+                                   reason='needs setpriv (util-linux)')
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason='needs root, to run the driver as an '
-                    'unprivileged user whose process limit (RLIMIT_NPROC) is enforced')
-@pytest.mark.skipif(shutil.which('setpriv') is None, reason='needs setpriv (util-linux)')
+def processes_of(uid):
+    """Processes and threads of a user, zombies included: all of them count
+    against the user's RLIMIT_NPROC."""
+    count = 0
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open(f'/proc/{entry}/status') as file:
+                    status = dict(line.split(':', 1) for line in file if ':' in line)
+                if int(status['Uid'].split()[0]) == uid:
+                    count += int(status['Threads'])
+            except (OSError, KeyError, ValueError):
+                pass
+    return count
+
+
+@pytest.fixture
+def nobody_limited(processes):
+    """Start commands as 'nobody' with RLIMIT_NPROC = limit, in a clean
+    slate: no process of nobody's (a zombie of an earlier test, say) may
+    take part of the limit, before or after."""
+    wait_for(lambda: processes_of(NOBODY) == 0, 'earlier processes of nobody to go')
+
+    def start(command, output, limit):
+        return processes.driver(
+            AS_NOBODY + command, output,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit)))
+
+    yield start
+    processes.cleanup()
+    wait_for(lambda: processes_of(NOBODY) == 0, 'the processes of nobody to go')
+
+
 @pytest.mark.parametrize('start_method', START_METHODS)
 @pytest.mark.parametrize('bomb', ['fork_bomb', 'thread_bomb'])
-def test_process_and_thread_bombs_leave_the_others_running(tmp_path, processes,
+@needs_root
+@needs_setpriv
+def test_process_and_thread_bombs_leave_the_others_running(tmp_path, nobody_limited,
                                                             start_method, bomb):
-    # Root ignores RLIMIT_NPROC, so the driver runs as 'nobody' with at most
-    # 40 processes and threads. It keeps the capabilities to read and write
-    # files (the venv and tmp_path are in root-only directories), not the
-    # ones (CAP_SYS_RESOURCE, CAP_SYS_ADMIN) that lift the limit.
     limit = 40
     output = tmp_path / 'driver.out'
     script = write_driver(tmp_path, '''
@@ -549,13 +591,8 @@ def test_process_and_thread_bombs_leave_the_others_running(tmp_path, processes,
                                       else f'{type(error).__name__}: {error}']
         say('result', json.dumps({'healthy': healthy, 'bomb': bomb, 'results': results}))
     ''')
-    command = ['setpriv', f'--reuid={NOBODY}', f'--regid={NOBODY}', '--clear-groups',
-               '--inh-caps=+dac_override,+dac_read_search',
-               '--ambient-caps=+dac_override,+dac_read_search', '--',
-               sys.executable, script, str(tmp_path / 'tasks'), start_method, bomb]
-    driver = processes.driver(
-        command, output,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit)))
+    driver = nobody_limited([sys.executable, script, str(tmp_path / 'tasks'), start_method,
+                             bomb], output, limit)
     lines = finish(driver, output)
     assert driver.returncode == 0, '\n'.join(lines[-30:])
     report = result_line(lines, 'result')
@@ -570,8 +607,43 @@ def test_process_and_thread_bombs_leave_the_others_running(tmp_path, processes,
     for name, expected in report['healthy'].items():
         assert results[name] == [expected, None]
     assert names(tmp_path / 'tasks', 'done') == sorted(report['healthy'])
-    wait_for(lambda: not session_members(driver.pid), 'the bomb\'s processes to end',
-             timeout=PROMPTLY)
+
+
+@pytest.mark.parametrize('start_method', START_METHODS)
+@needs_root
+@needs_setpriv
+def test_task_process_with_no_room_for_a_thread_waits_for_room(tmp_path, nobody_limited,
+                                                              start_method):
+    # The system has room for exactly one more process: the task's process
+    # starts, but the thread it needs to watch its driver (the lifeline)
+    # cannot, until the hog that fills the process table leaves. A healthy
+    # task must not fail for that: the limit is passing, like a refused fork.
+    hog_ready = tmp_path / 'hog-ready'
+    go = tmp_path / 'go'
+    output = tmp_path / 'driver.out'
+    script = write_driver(tmp_path, '''
+        tasklist = TaskList(sys.argv[1])
+        name = tasklist.schedule(defer(faulty.slow_double, 21, 0.1))
+        while not os.path.exists(sys.argv[3]):  # the test says when
+            time.sleep(0.01)
+        for task in tasklist.run(nprocesses=1, start_method=sys.argv[2]):
+            say('result', json.dumps([task.taskname, task.returnvalue,
+                                      None if task.errorvalue is None
+                                      else f'{type(task.errorvalue).__name__}: {task.errorvalue}']))
+    ''')
+    driver = nobody_limited([sys.executable, script, str(tmp_path / 'tasks'), start_method,
+                             str(go)], output, 30)
+    # The driver waits with one process; forkserver adds its template process.
+    leave_free = 1 + (start_method == 'forkserver')
+    nobody_limited([sys.executable, faulty.__file__, str(hog_ready), str(leave_free), '2'],
+                   tmp_path / 'hog.out', 30)
+    wait_for(lambda: hog_ready.exists() and hog_ready.read_text(), 'the hog to fill the limit')
+    go.touch()
+    lines = finish(driver, output)
+    assert driver.returncode == 0, '\n'.join(lines[-30:])
+    name, value, error = result_line(lines, 'result')
+    log = (tmp_path / 'tasks' / 'output' / f'{name}.log').read_text()
+    assert (value, error) == (42, None), f'the task failed: {error}; its output:\n{log}'
 
 
 @pytest.mark.parametrize('start_method', START_METHODS)
@@ -665,7 +737,7 @@ def test_driver_killed_at_random_points_loses_and_repeats_nothing(tmp_path, proc
     assert effect_counts(tmp_path / 'whole-effects', count) == dict.fromkeys(range(count), 1)
 
     seen_states = []
-    for iteration in range(16):
+    for iteration in range(20):
         directory = str(tmp_path / f'list{iteration}')
         effects = str(tmp_path / f'effects{iteration}')
         output = tmp_path / f'list{iteration}.out'

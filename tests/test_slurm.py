@@ -98,7 +98,8 @@ def test_a_job_that_dies_without_a_result_is_recorded_with_slurms_state(tmp_path
     for task in tasklist.run(nprocesses=2, executor=slurm):
         if task.returnvalue == 'fine':
             wait_for(pidfile.exists, 'the sleeping task to start')
-            [element] = [line.split()[0] for line in queue() if 'RUNNING' in line]
+            mark = tmp_path / 'list' / 'running' / '00000001-record_pid_and_sleep'
+            element = mark.read_text().split()[1]
             subprocess.run(['scancel', element], check=True)
         else:
             lost = task.errorvalue
