@@ -637,6 +637,7 @@ STATES = ('todo', 'done', 'fail')
 # stderr; running/: one mark per task in flight, for `status` and backends.
 _WORKDIRS = ('collect', 'output', 'running')
 _LOCKFILE = 'driver.lock'
+_SCHEDULING = 'scheduling'  # there from the first schedule() until run() begins
 
 
 def _sync(path):
@@ -703,7 +704,9 @@ class TaskList:
         failure there, instead of to the terminal.
     noschedule_if_exist: if the directory already holds a task list, keep
         it as it is and make `schedule` do nothing, so that the same script
-        resumes the remaining todo tasks after a crash.
+        resumes the remaining todo tasks after a crash. A list whose script
+        died while it was still scheduling, before any run, is scheduled
+        anew instead.
 
     Use `TaskList.open(directory)` for an existing list, as it is.
     """
@@ -719,8 +722,10 @@ class TaskList:
                     f'{self.directory} exists and is not a task list (it has '
                     f'no todo/ directory); runforrest leaves it alone: choose '
                     f'another directory, or empty this one yourself')
-            if noschedule_if_exist and self._is_tasklist():
+            if noschedule_if_exist and self._is_tasklist() and not self._scheduling_was_cut():
                 self._noschedule = True
+            elif noschedule_if_exist and self._is_tasklist():
+                self._remove(STATES + _WORKDIRS)  # it never ran: schedule it all again
             elif not exist_ok:
                 raise TaskListExists(
                     f'task list {self.directory} exists already; pass '
@@ -753,8 +758,9 @@ class TaskList:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc_info):
-        self.flush()
+    def __exit__(self, exc_type, *exc_info):
+        if exc_type is None:  # else the scheduling may be incomplete; see _SCHEDULING
+            self.flush()
         if self._finalizer is not None:
             self._finalizer()
 
@@ -762,6 +768,11 @@ class TaskList:
 
     def _is_tasklist(self):
         return os.path.isdir(os.path.join(self.directory, 'todo'))
+
+    def _scheduling_was_cut(self):
+        """Whether a script died while it scheduled this list, before running it."""
+        return os.path.exists(os.path.join(self.directory, _SCHEDULING)) and \
+            not self._names('done') and not self._names('fail')
 
     def _is_empty_directory(self):
         return os.path.isdir(self.directory) and not os.listdir(self.directory)
@@ -814,6 +825,9 @@ class TaskList:
                                type_name=error.type_name) from None
         data = pickle.dumps(_header('todo', record), pickle.HIGHEST_PROTOCOL) + record
         label = _label(task)
+        if not self._unsynced:
+            self._make_layout()  # the list may have been cleaned away
+            open(os.path.join(self.directory, _SCHEDULING), 'w').close()
         while True:
             name = f'{self._next_index:08d}-{label}'
             self._next_index += 1
@@ -833,6 +847,7 @@ class TaskList:
         if self._unsynced:
             _sync(self.directory)
             self._unsynced = False
+        _unlink(os.path.join(self.directory, _SCHEDULING))
 
     # -- reading -------------------------------------------------------------
 
@@ -1865,6 +1880,7 @@ class _LocalBackend:
 
     def __init__(self, tasklist, nprocesses, supervisor):
         self.tasklist, self.nprocesses, self.supervisor = tasklist, nprocesses, supervisor
+        self.running = set()
 
     def adopt(self, marked):
         for name in marked:  # marks of a driver that died; its tasks died with it
@@ -1880,14 +1896,19 @@ class _LocalBackend:
     def start(self, name):
         tasklist = self.tasklist
         _mark_running(tasklist, name, 'local')
+        self.running.add(name)
         self.supervisor.start(tasklist._path('todo', name), tasklist._path('collect', name),
                               tasklist._path('output', name))
 
     def wait(self):
-        return [_name_of(path) for path in self.supervisor.wait()]
+        finished = [_name_of(path) for path in self.supervisor.wait()]
+        self.running.difference_update(finished)
+        return finished
 
     def close(self):
         self.supervisor.close()
+        for name in self.running:
+            _unlink(self.tasklist._path('running', name))
 
 
 def _mark_running(tasklist, name, where):
