@@ -1789,6 +1789,7 @@ class Run:
         return self._drive()
 
     def _drive(self):
+        from collections import deque
         tasklist = self.tasklist
         tasklist._make_layout()
         with tasklist._driver_lock():
@@ -1799,7 +1800,7 @@ class Run:
             try:
                 in_flight = backend.adopt(tasklist._names('running'))
                 skip = set(leftovers) | in_flight
-                pending = _deque(name for name in tasklist._names('todo') if name not in skip)
+                pending = deque(name for name in tasklist._names('todo') if name not in skip)
                 report = _Report(tasklist, len(pending) + len(skip),
                                  self.print_errors, self.progress)
                 attempts = {}
@@ -1868,11 +1869,6 @@ class Run:
             task.runtime = header.get('runtime')
         report.finished(task)
         return task
-
-
-def _deque(items):
-    from collections import deque
-    return deque(items)
 
 
 class _LocalBackend:
@@ -2208,7 +2204,7 @@ class _ExecutorBackend:
 class Slurm:
     """Run a task list on a SLURM cluster: `run(executor=Slurm(...))`.
 
-    >>> for task in tasklist.run(nprocesses=50, autokill=600,
+    >>> for task in tasklist.run(nprocesses=50, autokill=600,  # doctest: +SKIP
     ...                          executor=Slurm(partition='short', mem='4G')):
     ...     print(task.taskname, task.returnvalue)
 

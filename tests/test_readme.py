@@ -1,7 +1,9 @@
-"""The examples in README.md run, and print what the README says they print."""
+"""The examples in README.md and in the docstrings run, and print what they say."""
 
 import doctest
 import os
+
+import runforrest
 
 README = os.path.join(os.path.dirname(__file__), os.pardir, 'README.md')
 
@@ -23,3 +25,10 @@ def test_readme_leads_with_the_two_commands():
         ci = file.read()
     assert 'examples/quickstart.py' in commands[0]
     assert 'pytest' in commands[1] and commands[1] in ci
+
+
+def test_docstring_examples(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = doctest.testmod(runforrest, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 5
+    assert result.failed == 0
