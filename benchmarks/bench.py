@@ -1,7 +1,7 @@
 """Benchmarks of runforrest against the cost of a bare process, and against its peers.
 
     python benchmarks/bench.py --quick      # small sizes, a few minutes
-    python benchmarks/bench.py              # the targets' sizes: scale runs 100,000 tasks
+    python benchmarks/bench.py              # the targets' sizes, 20 minutes or more
     python benchmarks/bench.py --only cpu,scale --repeat 5 --scale-tasks 20000
 Prints a Markdown table per workload and the targets met. Peers: pip install runforrest[bench].
 """
@@ -230,7 +230,8 @@ def overhead(n, options):
     names = ['bare interpreter', 'bare fork', 'runforrest spawn', 'runforrest forkserver',
              'multiprocessing.Pool', 'ProcessPoolExecutor', 'joblib (loky)', 'serial']
     medians, failures = compare(names, workloads.identity, list(range(n)), options)
-    # Process time per task: a runner keeps `width` processes busy at once.
+    # Process time per task: a runner keeps as many processes busy as it
+    # runs tasks at a time; the floors, one.
     per_task = {name: wall * (RUNNERS[name][1] if name in RUNNERS else 1) / n
                 for name, (wall, _) in medians.items()}
     references = {'runforrest spawn': ('bare interpreter', 2),
@@ -274,12 +275,17 @@ def calibrate(seconds):
     """Iterations of workloads.spin that take about `seconds` here."""
     iterations = 100_000
     while True:
-        start = time.perf_counter()
-        workloads.spin(iterations)
-        took = time.perf_counter() - start
+        # The fastest of a few tries: other work on the machine only slows.
+        took = min(timed(workloads.spin, iterations) for _ in range(3))
         if took > 0.1:
             return int(iterations * seconds / took)
         iterations *= 4
+
+
+def timed(fun, *args):
+    start = time.perf_counter()
+    fun(*args)
+    return time.perf_counter() - start
 
 
 def versus_executor(workload, title, names, fun, args, options, target):
@@ -336,8 +342,10 @@ def schedule(n, options):
     timings = {floor: [], 'schedule': [], 'flush (run() does it first)': [],
                'count: len(run())': []}
     for _ in range(options.repeat):
+        os.sync()  # so that neither inherits the write-back of what came before
         timings[floor].append(write_floor(directory, n))
         shutil.rmtree(directory)
+        os.sync()
         start = time.perf_counter()
         tasklist = runforrest.TaskList(directory)
         for i in range(n):
@@ -404,7 +412,8 @@ WORKLOADS = {'overhead': overhead, 'sleep': sleep, 'cpu': cpu, 'bigresult': bigr
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--quick', action='store_true', help='small sizes')
     parser.add_argument('--repeat', type=int, default=3, help='measurements per runner (median)')
     parser.add_argument('--only', default=','.join(WORKLOADS),
