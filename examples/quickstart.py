@@ -33,9 +33,9 @@ def dostuff(square, thing):
 
 def main():
     # A task list is a directory. This one is a fresh, empty temporary
-    # directory (hence exist_ok), and post_clean removes it at the end.
+    # directory, and post_clean removes it at the end.
     directory = tempfile.mkdtemp(prefix='quickstart-')
-    with TaskList(directory, exist_ok=True, post_clean=True) as tasklist:
+    with TaskList(directory, post_clean=True) as tasklist:
         for item in range(6):
             task = defer(prepare, item)
             # Indexing and attribute access on a task are deferred, too.
