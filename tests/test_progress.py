@@ -159,3 +159,27 @@ def test_rows_and_dataframe(tasklist):
     assert {'name', 'state', 'returnvalue', 'errorvalue', 'runtime'} <= set(frame.columns)
     assert 'metadata' not in frame.columns
     assert list(frame['state']) == ['done', 'fail']
+
+
+def test_progress_and_output_work_in_a_jupyter_kernel(tmp_path):
+    """A real IPython kernel runs the cell, as in a notebook."""
+    nbformat = pytest.importorskip('nbformat')
+    nbclient = pytest.importorskip('nbclient')
+    pytest.importorskip('ipykernel')
+    cell = ('from runforrest import TaskList, defer\n'
+            "tasklist = TaskList('list')\n"
+            'for number in range(4):\n'
+            "    tasklist.schedule(defer(print, 'task says', number))\n"
+            'for task in tasklist.run(nprocesses=2, progress=True):\n'
+            '    pass\n'
+            "print('finished', len(list(tasklist.done_tasks())))\n")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name='python3',
+                            resources={'metadata': {'path': str(tmp_path)}}).execute()
+    outputs = notebook.cells[0].outputs
+    assert not [output for output in outputs if output.output_type == 'error']
+    text = ''.join(output.get('text', '') for output in outputs)
+    data = ''.join(str(output.get('data', '')) for output in outputs)
+    assert 'finished 4' in text
+    assert all(f'task says {number}' in text for number in range(4))
+    assert '4/4' in text + data  # the progress view reached the end
