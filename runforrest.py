@@ -447,13 +447,23 @@ _MAIN_MODULE = '__main__'
 
 class _FastPickler(pickle.Pickler):
     """The C pickler, refusing what only dill can carry to a task process:
-    functions and classes of __main__ (which is runforrest in the task)."""
+    functions and classes of __main__ (which is runforrest in the task).
+    runforrest's errors pickle by its own rule, which libraries that
+    re-register how all exceptions pickle (tblib, with Dask) cannot break."""
 
     def reducer_override(self, obj):
+        if isinstance(obj, RunforrestError):
+            return _rebuild_error, (type(obj), obj.args, vars(obj))
         if (isinstance(obj, type) or callable(obj)) and \
                 getattr(obj, '__module__', None) == _MAIN_MODULE:
             raise pickle.PicklingError('defined in __main__')
         return NotImplemented
+
+
+def _rebuild_error(cls, args, details):
+    error = cls(*args)
+    error.__dict__.update(details)
+    return error
 
 
 class _Discard:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from runforrest import TaskCrashed, TaskList, TaskTimeout, defer
+from runforrest import TaskCrashed, TaskList, TaskOutOfMemory, TaskTimeout, defer
 
 import tasks_core
 
@@ -78,3 +78,12 @@ def test_leaving_the_loop_stops_the_tasks_on_the_workers(tmp_path, executor):
         assert time.monotonic() < deadline, 'tasks outlived the driver loop'
         time.sleep(0.05)
     assert len(tasklist._names('todo')) == 2 and len(tasklist._names('done')) == 1
+
+
+def test_errors_keep_their_type_after_dask_changed_how_exceptions_pickle(tmp_path, executor):
+    """Dask installs tblib's pickling for every exception class, which breaks
+    classes that also derive from MemoryError; runforrest's do not care."""
+    tasklist = TaskList(tmp_path / 'list')
+    tasklist.schedule(defer(tasks_core.hold_memory, 400))
+    [task] = tasklist.run(nprocesses=1, memory_limit='150M')
+    assert isinstance(task.errorvalue, TaskOutOfMemory), repr(task.errorvalue)
