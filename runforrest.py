@@ -33,6 +33,14 @@ for more than one machine (`Slurm`, executors such as Dask), and the command
 line.
 """
 
+if __name__ == '__main__':
+    # python -m runforrest: run the imported module, not this __main__ copy
+    # (task files and errors refer to runforrest.X, and a task's session may
+    # fill __main__), and do it first, so that the module runs once, not twice.
+    import sys
+    import runforrest
+    sys.exit(runforrest.main())
+
 # Only what a task process needs is imported here; the driver's tools are
 # imported where they are used, so that a task process starts fast.
 import errno
@@ -1290,6 +1298,9 @@ _MEMORY_POLL = 0.2  # seconds between measurements when a memory limit is set
 _START_RETRY = 0.05  # seconds before another try when the system refuses a process
 
 
+_LIFELINE = 'RUNFORREST_LIFELINE'  # the descriptor a spawned task process watches
+
+
 def _task_environment():
     env = dict(os.environ)
     for name in _THREAD_VARIABLES:
@@ -1385,7 +1396,8 @@ class _Spawner:
     """Starts each task as a fresh interpreter: python -m runforrest TODO RESULT."""
 
     def __init__(self, selector, lifeline, env, sessionfile):
-        self.selector, self.lifeline, self.env = selector, lifeline, env
+        self.selector, self.lifeline = selector, lifeline
+        self.env = {**env, _LIFELINE: str(lifeline)}
         self.session = ['-s', sessionfile] if sessionfile else []
         self.processes = {}
 
@@ -1394,8 +1406,7 @@ class _Spawner:
         output = open(job.output, 'wb') if job.output else None  # None: ours
         try:
             process = subprocess.Popen(
-                [sys.executable, '-m', 'runforrest', job.todo, job.result,
-                 '--lifeline', str(self.lifeline), *self.session],
+                [sys.executable, '-m', 'runforrest', job.todo, job.result, *self.session],
                 stdin=subprocess.DEVNULL, stdout=output,
                 stderr=output and subprocess.STDOUT,
                 env=self.env, process_group=0, pass_fds=(self.lifeline,))
@@ -2443,7 +2454,6 @@ def _task_parser():
     parser.add_argument('--memory-limit', metavar='SIZE',
                         help="... and kill it if it uses more memory than SIZE, e.g. '2G'")
     parser.add_argument('--output', metavar='FILE', help="... and send its output to FILE")
-    parser.add_argument('--lifeline', type=int, help=argparse.SUPPRESS)
     return parser
 
 
@@ -2496,6 +2506,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ['--forkserver']:
         return _serve_forks(int(argv[1]), int(argv[2]), argv[3])
+    if len(argv) == 2 and not argv[0].startswith('-') and argv[0] not in _COMMANDS:
+        # The form run() uses for every spawned task: no parser to import.
+        return _taskfile_command(*argv)
     if not argv or argv[0] in _COMMANDS or argv[0] in ('-h', '--help'):
         args = _command_parser().parse_args(argv)
         if args.command is None:
@@ -2506,29 +2519,33 @@ def main(argv=None):
         except (RunforrestError, ValueError, OSError) as error:
             print(f'runforrest {args.command}: {error}', file=sys.stderr)
             return 2
-    return _taskfile_command(_task_parser().parse_args(argv))
+    return _taskfile_command(**vars(_task_parser().parse_args(argv)))
 
 
-def _taskfile_command(args):
+def _taskfile_command(taskfile, resultfile, do_raise=False, do_print=False,
+                      sessionfile=None, autokill=None, memory_limit=None, output=None):
+    # A driver that spawned this process watches it through a lifeline; the
+    # variable goes, so that the task's own processes do not take it for theirs.
+    lifeline = os.environ.pop(_LIFELINE, None)
     try:
-        memory_limit = _parse_bytes(args.memory_limit)
-        if not os.path.isfile(args.taskfile):
-            raise TaskFileError(f'task file {args.taskfile} does not exist')
-        if not os.path.isdir(os.path.dirname(os.path.abspath(args.resultfile))):
-            raise TaskFileError(f'cannot write the result file {args.resultfile}: '
+        memory_limit = _parse_bytes(memory_limit)
+        if not os.path.isfile(taskfile):
+            raise TaskFileError(f'task file {taskfile} does not exist')
+        if not os.path.isdir(os.path.dirname(os.path.abspath(resultfile))):
+            raise TaskFileError(f'cannot write the result file {resultfile}: '
                                 f'its directory does not exist')
     except (TaskFileError, ValueError) as error:
         print(f'runforrest: {error}', file=sys.stderr)
         return 2
-    if args.autokill or memory_limit or args.output:
-        done = _supervise(os.path.abspath(args.taskfile), os.path.abspath(args.resultfile),
-                          args.output, args.autokill, memory_limit, args.sessionfile)
-        if not done and args.do_print:
-            print(read_task(args.resultfile).traceback or '', file=sys.stderr, end='')
+    if autokill or memory_limit or output:
+        done = _supervise(os.path.abspath(taskfile), os.path.abspath(resultfile),
+                          output, autokill, memory_limit, sessionfile)
+        if not done and do_print:
+            print(read_task(resultfile).traceback or '', file=sys.stderr, end='')
     else:
-        _become_task_process(args.lifeline)
-        done = execute(args.taskfile, args.resultfile, args.do_raise, args.do_print,
-                       args.sessionfile, durable=args.lifeline is None)
+        _become_task_process(int(lifeline) if lifeline else None)
+        done = execute(taskfile, resultfile, do_raise, do_print, sessionfile,
+                       durable=not lifeline)
     return 0 if done else 1
 
 
@@ -2696,8 +2713,3 @@ def _clean_command(args):
     return 0
 
 
-if __name__ == '__main__':
-    # Run the imported module, not this __main__ copy: task files and
-    # errors refer to runforrest.X, and a task's session may fill __main__.
-    import runforrest
-    sys.exit(runforrest.main())

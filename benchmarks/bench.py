@@ -202,6 +202,7 @@ def compare(names, fun, args, options):
                 del samples[name]
             finally:
                 shutil.rmtree(directory, ignore_errors=True)
+                os.sync()  # so that the next one does not pay for this clean-up
     medians = {name: tuple(map(statistics.median, zip(*runs)))
                for name, runs in samples.items()}
     return medians, failures
