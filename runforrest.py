@@ -1810,22 +1810,23 @@ class Run:
         return self._drive()
 
     def _drive(self):
+        import threading
         from collections import deque
         tasklist = self.tasklist
         tasklist._make_layout()
         with tasklist._driver_lock():
-            tasklist.flush()
-            leftovers = tasklist._tidy()
-            backend = self._backend()
-            report = None
+            backend = self._backend()  # a forkserver starts while the list syncs
+            report, settling, filed = None, None, []
             try:
+                tasklist.flush()
+                leftovers = tasklist._tidy()
                 in_flight = backend.adopt(tasklist._names('running'))
                 skip = set(leftovers) | in_flight
                 pending = deque(name for name in tasklist._names('todo') if name not in skip)
                 report = _Report(tasklist, len(pending) + len(skip),
                                  self.print_errors, self.progress)
                 attempts = {}
-                filed, settled = [], time.monotonic()
+                settled = time.monotonic()
                 for name in leftovers:
                     task = self._collect(name, report)
                     filed.append(name)
@@ -1845,11 +1846,16 @@ class Run:
                         filed.append(name)
                         yield task
                         del task
-                    if time.monotonic() - settled >= _SETTLE_INTERVAL:
-                        tasklist._settle(filed)
+                    if time.monotonic() - settled >= _SETTLE_INTERVAL and \
+                            not (settling and settling.is_alive()):
+                        # A sync takes a while: tasks go on starting meanwhile.
+                        settling = threading.Thread(target=tasklist._settle, args=(filed,))
+                        settling.start()
                         filed, settled = [], time.monotonic()
             finally:
                 backend.close()
+                if settling:
+                    settling.join()
                 tasklist._settle(filed)
                 if report is not None:
                     report.close()

@@ -453,7 +453,8 @@ def main():
             except Exception:  # a broken workload should not hide the others
                 traceback.print_exc()
                 CHECKS.append((name, 'completes', 'raised', 'no error', 'FAIL'))
-            print(f'\n({name} took {time.perf_counter() - started:.0f} s)')
+            print(f'\n({name} took {time.perf_counter() - started:.0f} s; '
+                  f'load average now {os.getloadavg()[0]:.1f})')
     finally:
         shutil.rmtree(options.workdir, ignore_errors=True)
     table('targets', ['workload', 'measure', 'value', 'target', 'result'], CHECKS)
