@@ -2504,9 +2504,6 @@ def _command_parser():
     return parser
 
 
-_COMMANDS = ('status', 'run', 'retry', 'show', 'clean')
-
-
 def main(argv=None):
     """`python -m runforrest` and the `runforrest` command; see --help."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -2521,7 +2518,7 @@ def main(argv=None):
             _command_parser().print_help()
             return 2
         try:
-            return globals()[f'_{args.command}_command'](args)
+            return _COMMANDS[args.command](args)
         except (RunforrestError, ValueError, OSError) as error:
             print(f'runforrest {args.command}: {error}', file=sys.stderr)
             return 2
@@ -2719,3 +2716,5 @@ def _clean_command(args):
     return 0
 
 
+_COMMANDS = {'status': _status_command, 'run': _run_command, 'retry': _retry_command,
+             'show': _show_command, 'clean': _clean_command}
