@@ -699,6 +699,10 @@ def _unlink(path):
         pass
 
 
+def _now():
+    return time.strftime('%Y-%m-%d %H:%M:%S')
+
+
 def _header(state, record, **fields):
     return {'format': FORMAT, 'state': state, 'record_size': len(record),
             'sys_path': list(sys.path), 'cwd': os.getcwd(), **fields}
@@ -718,8 +722,8 @@ class TaskList:
         task list is never touched (`NotATaskList`).
     post_clean: remove the directory when this object is discarded (or at
         the end of a `with` block).
-    logfile: write the tasks' output and a line per start, success and
-        failure there, instead of to the terminal.
+    logfile: write the tasks' output and a line per schedule, start,
+        success and failure there, instead of to the terminal.
     noschedule_if_exist: if the directory already holds a task list, keep
         it as it is and make `schedule` do nothing, so that the same script
         resumes the remaining todo tasks after a crash. A list whose script
@@ -858,6 +862,9 @@ class TaskList:
             except FileNotFoundError:  # the list was cleaned away; start it anew
                 self._make_layout()
         self._unsynced = True
+        if self.logfile:
+            with open(self.logfile, 'a') as log:
+                log.write(f'{_now()} schedule {name}\n')
         return name
 
     def flush(self):
@@ -1076,8 +1083,7 @@ class _DriverLock:
                 f'{holder.get("host", "?")}, since {holder.get("started", "?")}) '
                 f'is running {self.directory}; wait for it to finish, or stop '
                 f'it, and run again') from None
-        info = {'pid': os.getpid(), 'host': socket.gethostname(),
-                'started': time.strftime('%Y-%m-%d %H:%M:%S')}
+        info = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': _now()}
         os.ftruncate(self.fd, 0)
         os.write(self.fd, json.dumps(info).encode())
         return self
@@ -1952,7 +1958,7 @@ class _Report:
 
     def _line(self, text):
         if self.log:
-            self.log.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {text}\n')
+            self.log.write(f'{_now()} {text}\n')
 
     def _show(self):
         if self.view:

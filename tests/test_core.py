@@ -164,6 +164,7 @@ def test_logfile_takes_output_and_diagnostics(tmp_path, capfd):
     run_all(tasklist, nprocesses=2)
     text = log.read_text()
     assert 'hello from the task' in text
+    assert 'schedule 00000001-print' in text
     assert 'start 00000001-print' in text and 'done 00000001-print' in text
     assert 'fail 00000002-fail' in text and 'ValueError: boom' in text
     assert 'hello from the task' not in capfd.readouterr().out

@@ -51,12 +51,14 @@ def test_autokill_and_crashes_are_handled_on_the_worker(tmp_path, executor):
     tasklist.schedule(defer(tasks_core.sleep_forever))
     tasklist.schedule(defer(os.abort))
     tasklist.schedule(defer(tasks_core.identity, 'fine'))
-    results = {task.taskname: task for task in tasklist.run(nprocesses=2, autokill=1,
-                                                            executor=executor)}
+    tasklist.schedule(defer(tasks_core.hold_memory, 400))
+    results = {task.taskname: task for task in tasklist.run(
+        nprocesses=2, autokill=10, memory_limit='150M', executor=executor)}
     assert isinstance(results['00000001-sleep_forever'].errorvalue, TaskTimeout)
     crash = results['00000002-abort'].errorvalue
     assert isinstance(crash, TaskCrashed) and crash.signal == 'SIGABRT'
     assert results['00000003-identity'].returnvalue == 'fine'
+    assert isinstance(results['00000004-hold_memory'].errorvalue, TaskOutOfMemory)
 
 
 def test_leaving_the_loop_stops_the_tasks_on_the_workers(tmp_path, executor):

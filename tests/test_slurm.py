@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from runforrest import Slurm, TaskCrashed, TaskList, TaskLost, TaskTimeout, defer
+from runforrest import Slurm, TaskList, TaskLost, TaskOutOfMemory, TaskTimeout, defer
 
 import tasks_core
 
@@ -82,12 +82,14 @@ def test_autokill_and_crashes_are_enforced_inside_the_job(tmp_path, slurm):
     tasklist = TaskList(tmp_path / 'list')
     tasklist.schedule(defer(tasks_core.sleep_forever))
     tasklist.schedule(defer(os.abort))
+    tasklist.schedule(defer(tasks_core.hold_memory, 400))
     started = time.monotonic()
-    results = {task.taskname: task for task in tasklist.run(nprocesses=2, autokill=2,
-                                                            executor=slurm)}
-    assert time.monotonic() - started < 45  # SLURM's own --time would take minutes
+    results = {task.taskname: task for task in tasklist.run(
+        nprocesses=2, autokill=20, memory_limit='150M', executor=slurm)}
+    assert time.monotonic() - started < 90  # SLURM's own --time would take minutes
     assert isinstance(results['00000001-sleep_forever'].errorvalue, TaskTimeout)
     assert results['00000002-abort'].errorvalue.signal == 'SIGABRT'
+    assert isinstance(results['00000003-hold_memory'].errorvalue, TaskOutOfMemory)
 
 
 def test_a_job_that_dies_without_a_result_is_recorded_with_slurms_state(tmp_path, slurm):
