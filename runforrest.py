@@ -1396,6 +1396,7 @@ class _Job:
         self.deadline = deadline and self.started + deadline
         self.pid = None
         self.cause = None  # why runforrest killed it, if it did
+        self.refusals = 0  # times the system had no process for it
 
 
 class _Spawner:
@@ -1631,7 +1632,7 @@ class _Supervisor:
 
     def _refuse(self, job, reason):
         self.jobs.pop(job.result, None)
-        job.refusals = getattr(job, 'refusals', 0) + 1
+        job.refusals += 1
         if job.refusals > 200:
             raise RunforrestError(f'the system refused a process for {job.todo} '
                                   f'200 times ({reason}); is the process limit '
