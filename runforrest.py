@@ -543,12 +543,15 @@ def _check_picklable(obj, what):
             type_name=error.type_name) from None
 
 
-def _write_atomically(path, write, durable=True, replace=True):
+def _write_atomically(path, write, durable=True, replace=True, temporary=None):
     """Write a file through a hidden temporary file, so that nobody ever sees
     half of it. durable: on disk before it appears. replace=False: never
-    overwrite an existing file (FileExistsError instead)."""
-    directory, base = os.path.split(path)
-    temporary = os.path.join(directory, f'.{base}.{os.getpid()}.tmp')
+    overwrite an existing file (FileExistsError instead). temporary: the
+    path of the temporary file, if only one process ever writes path; a
+    file there is reused (see `TaskList._reuse`)."""
+    if temporary is None:
+        directory, base = os.path.split(path)
+        temporary = os.path.join(directory, f'.{base}.{os.getpid()}.tmp')
     try:
         with open(temporary, 'wb') as file:
             write(file)
@@ -557,13 +560,18 @@ def _write_atomically(path, write, durable=True, replace=True):
                 os.fsync(file.fileno())
         if replace:
             os.replace(temporary, path)
-        else:
-            os.link(temporary, path)
-    finally:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
+            return
+        os.link(temporary, path)
+    except BaseException:
+        _unlink(temporary)
+        raise
+    os.unlink(temporary)
+
+
+def _scratch(path):
+    """Where the one process that writes the result file at path writes it first."""
+    directory, base = os.path.split(path)
+    return os.path.join(directory, f'.{base}.tmp')
 
 
 def _read_header(file, path):
@@ -651,8 +659,9 @@ def _name_of(path):
 # ---------------------------------------------------------------------------
 
 STATES = ('todo', 'done', 'fail')
-# collect/: results waiting to be filed; output/: each task's stdout and
-# stderr; running/: one mark per task in flight, for `status` and backends.
+# collect/: results waiting to be filed, and spare files (see _settle);
+# output/: what tasks printed; running/: one mark per task in flight on a
+# cluster or an executor, by which a later driver finds its job.
 _WORKDIRS = ('collect', 'output', 'running')
 _LOCKFILE = 'driver.lock'
 _SCHEDULING = 'scheduling'  # there from the first schedule() until run() begins
@@ -906,13 +915,15 @@ class TaskList:
 
     def output(self, task):
         """What the task (or the task of that name) printed to stdout and
-        stderr when it last ran, or None if it has not started."""
+        stderr when it last ran: '' if nothing, None if it has not run.
+        While it runs, output/NAME.log grows (`tail -f` works)."""
         name = task.taskname if isinstance(task, Task) else task
         try:
             with open(self._path('output', name), 'rb') as file:
                 return file.read().decode(errors='replace')
-        except FileNotFoundError:
-            return None
+        except FileNotFoundError:  # kept only if the task printed something
+            finished = any(os.path.exists(self._path(state, name)) for state in ('done', 'fail'))
+            return '' if finished else None
 
     def rows(self):
         """One dict per finished task, in schedule order: name, state,
@@ -1038,15 +1049,42 @@ class TaskList:
         _unlink(self._path('running', name))
         return target, header
 
-    def _settle(self, names):
+    def _settle(self, names, spares=None):
         """Once filed results are on disk, remove their tasks from todo/.
 
         One sync for many results is the cheap way to make them durable;
-        until it happens, a task stays in todo/, so that nothing is lost."""
+        until it happens, a task stays in todo/, so that nothing is lost.
+        With a deque of spares, the todo files are kept there for `_reuse`:
+        on some filesystems (ext4 without a journal, after many removals),
+        creating a file costs a millisecond, and renaming one microseconds."""
         if names:
             _sync(self.directory)
             for name in names:
-                _unlink(self._path('todo', name))
+                todo = self._path('todo', name)
+                if spares is None:
+                    _unlink(todo)
+                    continue
+                spare = os.path.join(self.directory, 'collect', f'.spare-{name}.tmp')
+                try:
+                    os.replace(todo, spare)
+                    spares.append(spare)
+                except FileNotFoundError:
+                    pass
+
+    def _reuse(self, spares, name):
+        """Put a spare file (see `_settle`) where the task's result is written first."""
+        while spares:
+            try:
+                os.replace(spares.popleft(), _scratch(self._path('collect', name)))
+                return
+            except FileNotFoundError:
+                continue
+
+    def _discard(self, spares, names=()):
+        """Remove the spares left, and what was put aside for these tasks' results."""
+        for path in [*spares, *(_scratch(self._path('collect', name)) for name in names)]:
+            _unlink(path)
+        spares.clear()
 
     def run(self, nprocesses=None, print_errors=False, save_session=False,
             autokill=None, memory_limit=None, retries=0, progress=False,
@@ -1067,6 +1105,7 @@ class _DriverLock:
         self.path = path
         self.directory = directory
         self.fd = None
+        self.width = 0
 
     def __enter__(self):
         import fcntl
@@ -1083,10 +1122,20 @@ class _DriverLock:
                 f'{holder.get("host", "?")}, since {holder.get("started", "?")}) '
                 f'is running {self.directory}; wait for it to finish, or stop '
                 f'it, and run again') from None
-        info = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': _now()}
+        self.info = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': _now()}
         os.ftruncate(self.fd, 0)
-        os.write(self.fd, json.dumps(info).encode())
+        self.publish()
         return self
+
+    def publish(self, **fields):
+        """Tell `status` about this run, in place: cheaper than a file per fact."""
+        import json
+        self.info.update(fields)
+        data = json.dumps(self.info).encode()
+        # Never shorter than before, so that no reader sees the tail of an
+        # older text (JSON allows the padding).
+        self.width = max(self.width, len(data))
+        os.pwrite(self.fd, data.ljust(self.width), 0)
 
     def __exit__(self, *exc_info):
         os.ftruncate(self.fd, 0)
@@ -1234,7 +1283,7 @@ def _write_result(path, todo_header, record, outcome, durable, runtime, **fields
             except NotPicklable as error:
                 failure = error
 
-    _write_atomically(path, write, durable)
+    _write_atomically(path, write, durable, temporary=None if durable else _scratch(path))
 
 
 def _transportable_error(outcome):
@@ -1387,6 +1436,62 @@ def _group_memory(groups):
     return usage
 
 
+class _OutputFiles:
+    """The output/NAME.log files that task processes print to.
+
+    Most tasks print nothing, and creating a file can cost a millisecond
+    (on ext4 without a journal, after many removals) where renaming one
+    costs microseconds: so an output file that stays empty is renamed aside
+    when its task ends, as a spare, and renamed into place for a later task.
+    Only a task that prints costs a new file. Spares are hidden .tmp files,
+    which `TaskList._tidy` removes if their owner dies."""
+
+    def __init__(self):
+        self.spares = {}  # directory: [(descriptor, path)] of empty files
+        self.count = 0
+
+    def take(self, directory):
+        """(descriptor, path) of an empty file in directory, named as a spare."""
+        spares = self.spares.get(directory)
+        if spares:
+            return spares.pop()
+        self.count += 1
+        spare = os.path.join(directory, f'.spare-{os.getpid()}-{self.count}.tmp')
+        return os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), spare
+
+    def open(self, path):
+        """A descriptor of an empty file at path, which replaces any file there."""
+        fd, spare = self.take(os.path.dirname(path))
+        os.replace(spare, path)
+        return fd
+
+    def release(self, fd, path):
+        """Once nothing writes to it any more: keep the file if its task
+        printed, else make it a spare."""
+        try:
+            if os.fstat(fd).st_size == 0:
+                self.count += 1
+                directory = os.path.dirname(path)
+                spare = os.path.join(directory, f'.spare-{os.getpid()}-{self.count}.tmp')
+                os.replace(path, spare)
+                os.lseek(fd, 0, os.SEEK_SET)  # a task may have written, then truncated
+                self.spares.setdefault(directory, []).append((fd, spare))
+                return
+        except OSError:
+            pass  # renamed or removed by someone else: theirs now
+        os.close(fd)
+
+    def descriptors(self):
+        return [fd for spares in self.spares.values() for fd, _ in spares]
+
+    def close(self):
+        for spares in self.spares.values():
+            for fd, spare in spares:
+                os.close(fd)
+                _unlink(spare)
+        self.spares.clear()
+
+
 class _Job:
     """One task process, from the supervisor's point of view."""
 
@@ -1402,27 +1507,32 @@ class _Job:
 class _Spawner:
     """Starts each task as a fresh interpreter: python -m runforrest TODO RESULT."""
 
-    def __init__(self, selector, lifeline, env, sessionfile):
-        self.selector, self.lifeline = selector, lifeline
-        self.env = {**env, _LIFELINE: str(lifeline)}
+    def __init__(self, selector, env, sessionfile):
+        self.selector = selector
+        # Each task process watches the read end (see _become_task_process),
+        # which reports the end of this process, however it comes.
+        self.lifeline, self.lifeline_end = os.pipe()
+        self.env = {**env, _LIFELINE: str(self.lifeline)}
         self.session = ['-s', sessionfile] if sessionfile else []
-        self.processes = {}
+        self.outputs = _OutputFiles()
+        self.processes = {}  # job: (Popen, output descriptor)
 
     def start(self, job):
         import subprocess
-        output = open(job.output, 'wb') if job.output else None  # None: ours
+        output = self.outputs.open(job.output) if job.output else None  # None: ours
         try:
             process = subprocess.Popen(
                 [sys.executable, '-m', 'runforrest', job.todo, job.result, *self.session],
                 stdin=subprocess.DEVNULL, stdout=output,
                 stderr=output and subprocess.STDOUT,
                 env=self.env, process_group=0, pass_fds=(self.lifeline,))
-        finally:
-            if output:
-                output.close()
+        except BaseException:
+            if output is not None:
+                self.outputs.release(output, job.output)
+            raise
         job.pid = process.pid
         pidfd = os.pidfd_open(process.pid)
-        self.processes[job] = process
+        self.processes[job] = process, output
         self.selector.register(pidfd, 1, lambda: self._ended(job, pidfd))
 
     def _ended(self, job, pidfd):
@@ -1431,12 +1541,21 @@ class _Spawner:
         # The exited leader still holds its id, so this kills its group and
         # nobody else's: the task's children do not outlive it.
         _kill_group(job.pid)
-        return [('ended', job, self.processes.pop(job).wait())]
+        process, output = self.processes.pop(job)
+        returncode = process.wait()
+        if output is not None:
+            self.outputs.release(output, job.output)
+        return [('ended', job, returncode)]
 
     def close(self):
-        for job, process in self.processes.items():
+        for job, (process, output) in self.processes.items():
             _kill_group(job.pid)
             process.wait()
+            if output is not None:
+                self.outputs.release(output, job.output)
+        self.outputs.close()
+        os.close(self.lifeline_end)
+        os.close(self.lifeline)
 
 
 class _ForkServer:
@@ -1444,18 +1563,20 @@ class _ForkServer:
     once per run, that imports the modules to `preload` and then only forks.
     Its children are as fresh as a new interpreter, minus the start-up time."""
 
-    def __init__(self, selector, lifeline, env, sessionfile, preload):
+    def __init__(self, selector, env, sessionfile, preload):
         import json
         import subprocess
         commands, self.commands = os.pipe()
         self.events, events = os.pipe()
         config = json.dumps({'sys_path': sys.path, 'preload': list(preload),
-                             'sessionfile': sessionfile, 'lifeline': lifeline})
+                             'sessionfile': sessionfile})
+        # The template learns of the driver's end, however it comes, when the
+        # command pipe closes; it then kills its children.
         self.process = subprocess.Popen(
             [sys.executable, '-m', 'runforrest', '--forkserver',
              str(commands), str(events), config],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
-            process_group=0, pass_fds=(commands, events, lifeline))
+            process_group=0, pass_fds=(commands, events))
         os.close(commands)
         os.close(events)
         self.selector = selector
@@ -1497,101 +1618,224 @@ class _ForkServer:
 
 
 def _serve_forks(commands, events, config):
-    """The forkserver template's main loop (see `_ForkServer`)."""
+    """The forkserver template's entry point (see `_ForkServer`)."""
     import json
-    import selectors
-    import signal
-    config = json.loads(config)
-    sys.path[:] = config['sys_path']
-
-    def report(**event):
-        os.write(events, (json.dumps(event) + '\n').encode())
-
-    try:
-        # threading: every task process needs it for its lifeline.
-        for module in ['threading', *config['preload'], *(['dill'] if config['sessionfile'] else [])]:
-            __import__(module)
-    except BaseException as error:
-        report(error=f'cannot preload {module}: {type(error).__name__}: {error}')
-        return 1
-    wakeup, wakeup_write = os.pipe()
-    os.set_blocking(wakeup_write, False)
-    signal.set_wakeup_fd(wakeup_write)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    selector = selectors.DefaultSelector()
-    selector.register(commands, selectors.EVENT_READ)
-    selector.register(wakeup, selectors.EVENT_READ)
-    children = {}
-    buffer = b''
-    while True:
-        for key, _ in selector.select():
-            if key.fileobj == wakeup:
-                os.read(wakeup, 1 << 12)
-                _reap(children, report)
-                continue
-            data = os.read(commands, 1 << 16)
-            if not data:  # the driver is done, or dead
-                for pid in children:
-                    _kill_group(pid)
-                return 0
-            *lines, buffer = (buffer + data).split(b'\n')
-            for todo, result, output in map(json.loads, lines):
-                sys.stdout.flush()
-                sys.stderr.flush()
-                try:
-                    pid = os.fork()
-                except OSError as error:
-                    report(job=result, refused=str(error))
-                    continue
-                if pid == 0:
-                    _forked_task(todo, result, output, config,
-                                 close=(commands, events, wakeup, wakeup_write))
-                try:
-                    os.setpgid(pid, 0)  # also done in the child: whoever is first
-                except OSError:
-                    pass
-                children[pid] = result
-                report(job=result, pid=pid)
+    return _Template(commands, events, json.loads(config)).serve()
 
 
-def _reap(children, report):
-    while True:
+class _Template:
+    """The forkserver's template process: it forks a child per task, and
+    tells the driver when each starts and ends.
+
+    Two things keep process life out of a task's way. Children are forked
+    ahead, as standbys that wait for their tasks, one per running task, so
+    that a task need not wait for a fork. And a child says when its result is written, so that
+    the driver need not wait for a whole process to be torn down: the
+    template kills the child's process group then, as at any task's end."""
+
+    def __init__(self, commands, events, config):
+        self.commands, self.events, self.config = commands, events, config
+        self.outputs = _OutputFiles()
+        self.children = {}  # pid: [result file, output file, descriptor, reported]
+        self.standbys = {}  # pid: (job pipe, output descriptor, spare path)
+        self.notices, self.notice_end = os.pipe()  # children write 'PID CODE\n'
+        os.set_blocking(self.notices, False)
+        self.wakeup, self.wakeup_end = os.pipe()
+        self.buffers = {commands: b'', self.notices: b''}
+        self.output_directory = None  # known from the first task on
+
+    def _report(self, **event):
+        import json
+        os.write(self.events, (json.dumps(event) + '\n').encode())
+
+    def serve(self):
+        import gc
+        import json
+        import selectors
+        import signal
+        sys.path[:] = self.config['sys_path']
+        preload = [*self.config['preload'], *(['dill'] if self.config['sessionfile'] else [])]
         try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return
-        if info is None:
-            return
-        _kill_group(info.si_pid)  # see _Spawner._ended
-        _, status = os.waitpid(info.si_pid, 0)
-        report(job=children.pop(info.si_pid),
-               returncode=os.waitstatus_to_exitcode(status))
+            for module in preload:
+                __import__(module)
+        except BaseException as error:
+            self._report(error=f'cannot preload {module}: {type(error).__name__}: {error}')
+            return 1
+        sys.stdout.flush()  # else what a preloaded module printed, every task prints
+        sys.stderr.flush()
+        # What the template holds, its children share until they write to it;
+        # a garbage collection in a child would touch, and so copy, all of it.
+        gc.freeze()
+        os.set_blocking(self.wakeup_end, False)
+        signal.set_wakeup_fd(self.wakeup_end)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        selector = selectors.DefaultSelector()
+        for fd in (self.commands, self.notices, self.wakeup):
+            selector.register(fd, selectors.EVENT_READ)
+        while True:
+            for key, _ in selector.select():
+                if key.fd == self.wakeup:
+                    os.read(self.wakeup, 1 << 12)
+                    self._reap()
+                elif key.fd == self.notices:
+                    self._read_notices()
+                else:
+                    jobs = self._lines(self.commands)
+                    if jobs is None:  # the driver is done, or dead: so are the tasks
+                        self._close()
+                        return 0
+                    for todo, result, output in map(json.loads, jobs):
+                        self._start(todo, result, output)
+            running = sum(not reported for *_, reported in self.children.values())
+            while len(self.standbys) < running:
+                try:
+                    self._fork(self.output_directory)
+                except OSError:
+                    break  # the process limit: fork when a task needs it
+
+    def _lines(self, fd):
+        """The whole lines that have come through fd, or None at its end."""
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return []
+        if not data:
+            return None
+        *lines, self.buffers[fd] = (self.buffers[fd] + data).split(b'\n')
+        return lines
+
+    def _fork(self, directory):
+        """Fork a standby child, and return its pid."""
+        fd, spare = self.outputs.take(directory)
+        jobs, jobs_end = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(jobs)
+            os.close(jobs_end)
+            self.outputs.release(fd, spare)
+            raise
+        if pid == 0:
+            inherited = [self.commands, self.events, self.notices, self.wakeup,
+                         self.wakeup_end, jobs_end, *self.outputs.descriptors(),
+                         *(child[2] for child in self.children.values()),
+                         *(fd for standby in self.standbys.values() for fd in standby[:2])]
+            _forked_task(jobs, fd, self.notice_end, self.config['sessionfile'], inherited)
+        os.close(jobs)
+        try:
+            os.setpgid(pid, 0)  # also done in the child: whoever is first
+        except OSError:
+            pass
+        self.standbys[pid] = jobs_end, fd, spare
+        return pid
+
+    def _start(self, todo, result, output):
+        self.output_directory = os.path.dirname(output)
+        if not self.standbys:
+            try:
+                self._fork(self.output_directory)
+            except OSError as error:
+                self._report(job=result, refused=str(error))
+                return
+        pid = next(iter(self.standbys))
+        jobs, fd, spare = self.standbys.pop(pid)
+        import json
+        try:
+            os.replace(spare, output)
+            os.write(jobs, (json.dumps([todo, result]) + '\n').encode())
+        except OSError:  # the list was removed meanwhile; its death is recorded
+            pass
+        os.close(jobs)
+        self.children[pid] = [result, output, fd, False]
+        self._report(job=result, pid=pid)
+
+    def _read_notices(self):
+        """End the tasks whose processes say that their results are written."""
+        for pid, code in map(bytes.split, self._lines(self.notices)):
+            child = self.children.get(int(pid))
+            if child and not child[3]:
+                child[3] = True
+                # The task's children end with it, and nobody else: the
+                # leader's id, unreaped, cannot be reused for another group.
+                _kill_group(int(pid))
+                self._report(job=child[0], returncode=int(code))
+
+    def _reap(self):
+        self._read_notices()  # written before the exit: no reaped id is read after
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None:
+                return
+            pid = info.si_pid
+            _kill_group(pid)
+            _, status = os.waitpid(pid, 0)
+            if pid in self.standbys:  # killed from outside
+                jobs, fd, spare = self.standbys.pop(pid)
+                os.close(jobs)
+                self.outputs.release(fd, spare)
+                continue
+            if pid in self.children:
+                result, output, fd, reported = self.children.pop(pid)
+                if not reported:
+                    self._report(job=result, returncode=os.waitstatus_to_exitcode(status))
+                self.outputs.release(fd, output)
+
+    def _close(self):
+        for jobs, fd, spare in self.standbys.values():
+            os.close(jobs)  # a standby leaves when its pipe closes
+            os.close(fd)
+            _unlink(spare)
+        for pid in self.children:
+            _kill_group(pid)
+        self.outputs.close()
 
 
-def _forked_task(todo, result, output, config, close):
-    """The life of a forked task process; never returns."""
+def _forked_task(jobs, output, notices, sessionfile, inherited):
+    """The life of a forked task process: wait for a task, run it, say that
+    its result is written; never returns.
+
+    It needs no lifeline of its own: its template kills it when the driver
+    dies, and the driver kills it when the template dies."""
+    import json
     import signal
     code = 3
     try:
         os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for fd in close:
+        for fd in inherited:
             os.close(fd)
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
+        line = b''
+        while not line.endswith(b'\n'):
+            data = os.read(jobs, 1 << 12)
+            if not data:  # no task came
+                os._exit(0)
+            line += data
+        os.close(jobs)
+        todo, result = json.loads(line)
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        os.close(output)
         if 'numpy.random' in sys.modules:  # Python's own random reseeds itself
             sys.modules['numpy.random'].seed()
-        _become_task_process(config['lifeline'])
-        code = 0 if execute(todo, result, sessionfile=config['sessionfile'], durable=False) else 1
+        _become_task_process(None)
+        code = 0 if execute(todo, result, sessionfile=sessionfile, durable=False) else 1
     except BaseException:
         import traceback
         traceback.print_exc()
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass  # closed by the task
+        try:
+            os.write(notices, f'{os.getpid()} {code}\n'.encode())
+        except OSError:
+            pass  # the template is gone
         os._exit(code)
 
 
@@ -1607,12 +1851,11 @@ class _Supervisor:
         self.abandon_unless, self.abandoned = abandon_unless, False
         self.in_job = in_job
         self.selector = selectors.DefaultSelector()
-        self.lifeline, self._lifeline_end = os.pipe()
         env = _task_environment()
         if start_method == 'forkserver':
-            self.launcher = _ForkServer(self.selector, self.lifeline, env, sessionfile, preload)
+            self.launcher = _ForkServer(self.selector, env, sessionfile, preload)
         else:
-            self.launcher = _Spawner(self.selector, self.lifeline, env, sessionfile)
+            self.launcher = _Spawner(self.selector, env, sessionfile)
         self.jobs = {}
         self.refused = []  # jobs the system had no process for, yet
         self.retry_at = None
@@ -1713,8 +1956,6 @@ class _Supervisor:
         self.launcher.close()
         self.jobs.clear()
         self.refused.clear()
-        os.close(self._lifeline_end)
-        os.close(self.lifeline)
         self.selector.close()
 
 
@@ -1743,7 +1984,7 @@ def _format_bytes(count):
 # ---------------------------------------------------------------------------
 
 _START_METHODS = ('forkserver', 'spawn')
-_SETTLE_INTERVAL = 1.0  # seconds between syncs that make finished results durable
+_SETTLE_INTERVAL = 0.1  # seconds between syncs that make finished results durable
 
 
 class Run:
@@ -1821,17 +2062,18 @@ class Run:
         from collections import deque
         tasklist = self.tasklist
         tasklist._make_layout()
-        with tasklist._driver_lock():
+        with tasklist._driver_lock() as lock:
             backend = self._backend()  # a forkserver starts while the list syncs
             report, settling, filed = None, None, []
+            spares, running = deque(), set()  # see TaskList._settle
             try:
                 tasklist.flush()
                 leftovers = tasklist._tidy()
                 in_flight = backend.adopt(tasklist._names('running'))
                 skip = set(leftovers) | in_flight
                 pending = deque(name for name in tasklist._names('todo') if name not in skip)
-                report = _Report(tasklist, len(pending) + len(skip),
-                                 self.print_errors, self.progress)
+                report = _Report(tasklist, len(pending) + len(skip), len(in_flight),
+                                 self.print_errors, self.progress, lock.publish)
                 attempts = {}
                 settled = time.monotonic()
                 for name in leftovers:
@@ -1842,9 +2084,12 @@ class Run:
                 while pending or backend.busy():
                     while pending and backend.has_room():
                         name = pending.popleft()
+                        tasklist._reuse(spares, name)
                         backend.start(name)
+                        running.add(name)
                         report.started(name)
                     for name in backend.wait():
+                        running.discard(name)
                         if self._retry(name, attempts):
                             pending.append(name)
                             report.retried(name)
@@ -1856,14 +2101,20 @@ class Run:
                     if time.monotonic() - settled >= _SETTLE_INTERVAL and \
                             not (settling and settling.is_alive()):
                         # A sync takes a while: tasks go on starting meanwhile.
-                        settling = threading.Thread(target=tasklist._settle, args=(filed,))
-                        settling.start()
+                        settling = threading.Thread(target=tasklist._settle,
+                                                    args=(filed, spares))
+                        try:
+                            settling.start()
+                        except RuntimeError:  # no room for a thread: the process limit
+                            settling = None
+                            tasklist._settle(filed, spares)
                         filed, settled = [], time.monotonic()
             finally:
                 backend.close()
                 if settling:
                     settling.join()
                 tasklist._settle(filed)
+                tasklist._discard(spares, running)
                 if report is not None:
                     report.close()
 
@@ -1910,7 +2161,6 @@ class _LocalBackend:
 
     def __init__(self, tasklist, nprocesses, supervisor):
         self.tasklist, self.nprocesses, self.supervisor = tasklist, nprocesses, supervisor
-        self.running = set()
 
     def adopt(self, marked):
         for name in marked:  # marks of a driver that died; its tasks died with it
@@ -1925,20 +2175,14 @@ class _LocalBackend:
 
     def start(self, name):
         tasklist = self.tasklist
-        _mark_running(tasklist, name, 'local')
-        self.running.add(name)
         self.supervisor.start(tasklist._path('todo', name), tasklist._path('collect', name),
                               tasklist._path('output', name))
 
     def wait(self):
-        finished = [_name_of(path) for path in self.supervisor.wait()]
-        self.running.difference_update(finished)
-        return finished
+        return [_name_of(path) for path in self.supervisor.wait()]
 
     def close(self):
         self.supervisor.close()
-        for name in self.running:
-            _unlink(self.tasklist._path('running', name))
 
 
 def _mark_running(tasklist, name, where):
@@ -1949,19 +2193,22 @@ def _mark_running(tasklist, name, where):
 class _Report:
     """Where a run tells what happens: a line per start, success and failure
     and each task's output, to the logfile if there is one, else the
-    terminal; failures' tracebacks with print_errors; a progress view."""
+    terminal; failures' tracebacks with print_errors; a progress view; and
+    the count of running tasks, which `publish` passes on to `status`."""
 
-    def __init__(self, tasklist, total, print_errors, progress):
-        self.tasklist, self.print_errors = tasklist, print_errors
+    def __init__(self, tasklist, total, running, print_errors, progress, publish):
+        self.tasklist, self.print_errors, self.publish = tasklist, print_errors, publish
         self.log = open(tasklist.logfile, 'a', buffering=1) if tasklist.logfile else None
         self.view = _progress_view(total) if progress else None
-        self.done = self.failed = self.running = 0
+        self.done = self.failed = 0
+        self.running = running
 
     def _line(self, text):
         if self.log:
             self.log.write(f'{_now()} {text}\n')
 
     def _show(self):
+        self.publish(running=self.running)
         if self.view:
             self.view.update(self.done, self.failed, self.running)
 
@@ -1973,6 +2220,7 @@ class _Report:
     def retried(self, name):
         self.running -= 1
         self._line(f'retry {name}: it crashed or was killed')
+        self._show()
 
     def finished(self, task):
         ok = task.errorvalue is None
@@ -2596,7 +2844,7 @@ def _status(tasklist):
     import statistics
     driver = tasklist._driver()
     data = {'directory': tasklist.directory, 'driver': driver,
-            'running': len(tasklist._names('running')) if driver else 0,
+            'running': driver.get('running', 0) if driver else 0,
             **{state: len(tasklist._names(state)) for state in STATES}}
     runtimes, failures = [], {}
     for state in ('done', 'fail'):
@@ -2688,13 +2936,14 @@ def _show_command(args):
                     traceback=task.traceback)
     except TaskFileError as error:
         data.update(call=None, metadata=None, traceback=None, unreadable=str(error))
-    output_path = os.path.join(directory, 'output', name + '.log')
     try:
-        with open(output_path, 'rb') as file:
-            lines = file.read().decode(errors='replace').splitlines()
-        data['output'] = '\n'.join(lines[-args.lines:] if args.lines else lines)
-    except FileNotFoundError:
-        data['output'] = None
+        output = TaskList.open(directory).output(name)
+    except NotATaskList:  # a task file by itself
+        output = None
+    if output is not None:
+        lines = output.splitlines()
+        output = '\n'.join(lines[-args.lines:] if args.lines else lines)
+    data['output'] = output
     text = [f'task      {name} ({data["state"]})', f'file      {path}']
     if data.get('unreadable'):
         text.append(f'unreadable: {data["unreadable"]}')
@@ -2708,7 +2957,8 @@ def _show_command(args):
     if data.get('traceback'):
         text.append('traceback:\n' + data['traceback'].rstrip())
     if data['output'] is not None:
-        text.append(f'output ({output_path}):\n{data["output"]}')
+        log = os.path.join(directory, 'output', f'{name}.log')
+        text.append(f'output ({log}):\n{data["output"]}')
     _emit(args, data, '\n'.join(text))
     return 0
 

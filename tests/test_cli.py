@@ -211,11 +211,17 @@ def test_show_finds_the_tasks_module_as_the_driver_did(tmp_path):
 # -- clean ----------------------------------------------------------------
 
 def test_clean_only_the_failed_tasks(mixed):
+    failed = names(mixed, 'fail')
+    outputs = os.path.join(mixed.directory, 'output')
+    for name in names(mixed, 'done'):  # as if they had printed
+        with open(os.path.join(outputs, f'{name}.log'), 'w') as file:
+            file.write('done\n')
+    assert {f'{name}.log' for name in failed} & set(os.listdir(outputs))
     done = cli('clean', mixed.directory, '--fail')
     assert (done.returncode, done.stdout) == (0, f'removed fail tasks of {mixed.directory}\n')
     assert names(mixed, 'fail') == []
     assert len(names(mixed, 'done')) == 3 and len(names(mixed, 'todo')) == 1
-    assert sorted(os.listdir(os.path.join(mixed.directory, 'output'))) == \
+    assert sorted(os.listdir(outputs)) == \
         ['00000001-square.log', '00000002-square.log', '00000003-square.log']
 
 

@@ -642,7 +642,7 @@ def test_task_process_with_no_room_for_a_thread_waits_for_room(tmp_path, nobody_
     lines = finish(driver, output)
     assert driver.returncode == 0, '\n'.join(lines[-30:])
     name, value, error = result_line(lines, 'result')
-    log = (tmp_path / 'tasks' / 'output' / f'{name}.log').read_text()
+    log = TaskList.open(tmp_path / 'tasks').output(name)
     assert (value, error) == (42, None), f'the task failed: {error}; its output:\n{log}'
 
 
@@ -943,7 +943,7 @@ def test_kill_while_writing_a_result_leaves_only_a_hidden_temporary(tmp_path, pr
     wait_for(lambda: len(names(directory, 'done')) == 2, 'the healthy tasks to finish')
     [slow] = [line.split()[1] for line in driver_lines(output) if line.startswith('slow ')]
     # Mid-write: the result exists only as a hidden temporary file.
-    temporaries = glob.glob(str(directory / 'collect' / f'.{slow}.pkl.*.tmp'))
+    temporaries = glob.glob(str(directory / 'collect' / f'.{slow}.pkl.tmp'))
     assert len(temporaries) == 1 and os.path.getsize(temporaries[0]) > 20 * MiB
     assert names(directory, 'collect') == [] and slow in names(directory, 'todo')
     assert slow not in names(directory, 'done') + names(directory, 'fail')
