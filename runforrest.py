@@ -553,8 +553,12 @@ def _write_atomically(path, write, durable=True, replace=True, temporary=None):
         directory, base = os.path.split(path)
         temporary = os.path.join(directory, f'.{base}.{os.getpid()}.tmp')
     try:
-        with open(temporary, 'wb') as file:
+        # Overwritten, and cut to length after: truncating a reused file
+        # first can cost more than the writing.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        with open(fd, 'wb') as file:
             write(file)
+            file.truncate()
             if durable:
                 file.flush()
                 os.fsync(file.fileno())
@@ -1273,7 +1277,6 @@ def _write_result(path, todo_header, record, outcome, durable, runtime, **fields
                       'error_type': None if error is None else type(error).__name__,
                       'error': None if error is None else _summary(error), **fields}
             file.seek(0)
-            file.truncate()
             file.write(pickle.dumps(header, pickle.HIGHEST_PROTOCOL))
             file.write(record)
             try:
@@ -1580,28 +1583,41 @@ class _ForkServer:
         os.close(commands)
         os.close(events)
         self.selector = selector
-        self.jobs = {}
+        self.jobs = {}  # job number: _Job
+        self.count = 0
         self.buffer = b''
         selector.register(self.events, 1, self._read_events)
+        # Children share the event pipe: the template's own end shows its death.
+        self.pidfd = os.pidfd_open(self.process.pid)
+        selector.register(self.pidfd, 1, self._died)
 
     def start(self, job):
         import json
-        self.jobs[job.result] = job
-        line = json.dumps([job.todo, job.result, job.output]) + '\n'
-        os.write(self.commands, line.encode())
+        self.count += 1
+        self.jobs[self.count] = job
+        line = json.dumps([self.count, job.todo, job.result, job.output]) + '\n'
+        try:
+            os.write(self.commands, line.encode())
+        except BrokenPipeError:
+            self._died()
+
+    def _died(self):
+        raise RunforrestError('the forkserver template process died; run again, '
+                              "or use start_method='spawn'")
 
     def _read_events(self):
         import json
         data = os.read(self.events, 1 << 16)
         if not data:
-            raise RunforrestError('the forkserver template process died; run again, '
-                                  "or use start_method='spawn'")
+            self._died()
         *lines, self.buffer = (self.buffer + data).split(b'\n')
         events = []
         for event in map(json.loads, lines):
             if 'error' in event:
                 raise RunforrestError(f'the forkserver template failed: {event["error"]}')
-            job = self.jobs[event['job']]
+            job = self.jobs.get(event['job'])
+            if job is None:
+                continue  # told twice that it ended (see _Template)
             if 'pid' in event:
                 job.pid = event['pid']
             elif 'refused' in event:
@@ -1613,8 +1629,9 @@ class _ForkServer:
     def close(self):
         os.close(self.commands)  # the template kills its children and leaves
         self.process.wait()
-        self.selector.unregister(self.events)
-        os.close(self.events)
+        for fd in (self.events, self.pidfd):
+            self.selector.unregister(fd)
+            os.close(fd)
 
 
 def _serve_forks(commands, events, config):
@@ -1629,14 +1646,17 @@ class _Template:
 
     Two things keep process life out of a task's way. Children are forked
     ahead, as standbys that wait for their tasks, one per running task, so
-    that a task need not wait for a fork. And a child says when its result is written, so that
-    the driver need not wait for a whole process to be torn down: the
-    template kills the child's process group then, as at any task's end."""
+    that a task need not wait for a fork. And a child tells the driver
+    itself that its result is written, so that the driver need not wait
+    for a whole process to be torn down, nor for the template; it then
+    tells the template, which kills its process group, as at any task's
+    end. A child that dies first is reported by the template, and one that
+    dies between the two messages twice, which the driver ignores."""
 
     def __init__(self, commands, events, config):
         self.commands, self.events, self.config = commands, events, config
         self.outputs = _OutputFiles()
-        self.children = {}  # pid: [result file, output file, descriptor, reported]
+        self.children = {}  # pid: [job number, output file, descriptor, reported]
         self.standbys = {}  # pid: (job pipe, output descriptor, spare path)
         self.notices, self.notice_end = os.pipe()  # children write 'PID CODE\n'
         os.set_blocking(self.notices, False)
@@ -1684,8 +1704,8 @@ class _Template:
                     if jobs is None:  # the driver is done, or dead: so are the tasks
                         self._close()
                         return 0
-                    for todo, result, output in map(json.loads, jobs):
-                        self._start(todo, result, output)
+                    for number, todo, result, output in map(json.loads, jobs):
+                        self._start(number, todo, result, output)
             running = sum(not reported for *_, reported in self.children.values())
             while len(self.standbys) < running:
                 try:
@@ -1716,11 +1736,12 @@ class _Template:
             self.outputs.release(fd, spare)
             raise
         if pid == 0:
-            inherited = [self.commands, self.events, self.notices, self.wakeup,
+            inherited = [self.commands, self.notices, self.wakeup,
                          self.wakeup_end, jobs_end, *self.outputs.descriptors(),
                          *(child[2] for child in self.children.values()),
                          *(fd for standby in self.standbys.values() for fd in standby[:2])]
-            _forked_task(jobs, fd, self.notice_end, self.config['sessionfile'], inherited)
+            _forked_task(jobs, fd, self.events, self.notice_end, self.config['sessionfile'],
+                         inherited)
         os.close(jobs)
         try:
             os.setpgid(pid, 0)  # also done in the child: whoever is first
@@ -1729,36 +1750,35 @@ class _Template:
         self.standbys[pid] = jobs_end, fd, spare
         return pid
 
-    def _start(self, todo, result, output):
+    def _start(self, number, todo, result, output):
+        import json
         self.output_directory = os.path.dirname(output)
         if not self.standbys:
             try:
                 self._fork(self.output_directory)
             except OSError as error:
-                self._report(job=result, refused=str(error))
+                self._report(job=number, refused=str(error))
                 return
         pid = next(iter(self.standbys))
         jobs, fd, spare = self.standbys.pop(pid)
-        import json
+        self.children[pid] = [number, output, fd, False]
+        self._report(job=number, pid=pid)  # before the child can say it ended
         try:
             os.replace(spare, output)
-            os.write(jobs, (json.dumps([todo, result]) + '\n').encode())
+            os.write(jobs, (json.dumps([number, todo, result]) + '\n').encode())
         except OSError:  # the list was removed meanwhile; its death is recorded
             pass
         os.close(jobs)
-        self.children[pid] = [result, output, fd, False]
-        self._report(job=result, pid=pid)
 
     def _read_notices(self):
-        """End the tasks whose processes say that their results are written."""
-        for pid, code in map(bytes.split, self._lines(self.notices)):
-            child = self.children.get(int(pid))
+        """End the tasks whose processes told the driver that they ended."""
+        for pid in map(int, self._lines(self.notices)):
+            child = self.children.get(pid)
             if child and not child[3]:
                 child[3] = True
                 # The task's children end with it, and nobody else: the
                 # leader's id, unreaped, cannot be reused for another group.
-                _kill_group(int(pid))
-                self._report(job=child[0], returncode=int(code))
+                _kill_group(pid)
 
     def _reap(self):
         self._read_notices()  # written before the exit: no reaped id is read after
@@ -1778,9 +1798,9 @@ class _Template:
                 self.outputs.release(fd, spare)
                 continue
             if pid in self.children:
-                result, output, fd, reported = self.children.pop(pid)
+                number, output, fd, reported = self.children.pop(pid)
                 if not reported:
-                    self._report(job=result, returncode=os.waitstatus_to_exitcode(status))
+                    self._report(job=number, returncode=os.waitstatus_to_exitcode(status))
                 self.outputs.release(fd, output)
 
     def _close(self):
@@ -1793,15 +1813,15 @@ class _Template:
         self.outputs.close()
 
 
-def _forked_task(jobs, output, notices, sessionfile, inherited):
-    """The life of a forked task process: wait for a task, run it, say that
-    its result is written; never returns.
+def _forked_task(jobs, output, events, notices, sessionfile, inherited):
+    """The life of a forked task process: wait for a task, run it, tell the
+    driver and then the template that it ended; never returns.
 
     It needs no lifeline of its own: its template kills it when the driver
     dies, and the driver kills it when the template dies."""
     import json
     import signal
-    code = 3
+    code, number = 3, None
     try:
         os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
@@ -1815,7 +1835,7 @@ def _forked_task(jobs, output, notices, sessionfile, inherited):
                 os._exit(0)
             line += data
         os.close(jobs)
-        todo, result = json.loads(line)
+        number, todo, result = json.loads(line)
         os.dup2(output, 1)
         os.dup2(output, 2)
         os.close(output)
@@ -1833,9 +1853,11 @@ def _forked_task(jobs, output, notices, sessionfile, inherited):
             except Exception:
                 pass  # closed by the task
         try:
-            os.write(notices, f'{os.getpid()} {code}\n'.encode())
+            if number is not None:
+                os.write(events, f'{{"job": {number}, "returncode": {code}}}\n'.encode())
+            os.write(notices, f'{os.getpid()}\n'.encode())
         except OSError:
-            pass  # the template is gone
+            pass  # the driver or the template is gone
         os._exit(code)
 
 

@@ -159,7 +159,7 @@ def names(directory, state):
 
 def hidden_files(directory):
     return sorted(os.path.relpath(path, directory)
-                  for state in ('todo', 'done', 'fail', 'collect')
+                  for state in ('todo', 'done', 'fail', 'collect', 'output')
                   for path in glob.glob(os.path.join(directory, state, '.*')))
 
 
@@ -822,6 +822,34 @@ def test_task_processes_die_with_a_killed_driver(tmp_path, processes, start_meth
     wait_gone(tree, 'the task and its child after the driver was SIGKILLed')
     wait_for(lambda: not session_members(driver.pid),
              'every process of the killed driver to end', timeout=PROMPTLY)
+
+
+def test_task_processes_die_with_a_killed_forkserver_template(tmp_path, processes):
+    marker = processes.watch(str(tmp_path / 'marker.json'))
+    output = tmp_path / 'driver.out'
+    script = write_driver(tmp_path, '''
+        import runforrest
+        tasklist = TaskList(sys.argv[1])
+        tasklist.schedule(defer(faulty.hang_with_subprocess, sys.argv[2]))
+        try:
+            for task in tasklist.run(start_method='forkserver'):
+                say('yielded', task.taskname)
+        except runforrest.RunforrestError as error:
+            say('error', error)
+    ''')
+    driver = processes.driver([sys.executable, script, str(tmp_path / 'tasks'), marker], output)
+    wait_marker(marker)
+    tree = marker_processes(marker)
+    [template] = [pid for pid in session_members(driver.pid)
+                  if int(_stat(str(pid))[1]) == driver.pid and
+                  b'--forkserver' in open(f'/proc/{pid}/cmdline', 'rb').read()]
+    os.kill(template, signal.SIGKILL)
+    lines = finish(driver, output)
+    assert any(line.startswith('error the forkserver template process died') for line in lines), \
+        '\n'.join(lines)
+    wait_gone(tree, 'the task and its child after the template was SIGKILLed')
+    assert layout(tmp_path / 'tasks') == {'todo': ['00000001-hang_with_subprocess'],
+                                          'done': [], 'fail': [], 'collect': []}
 
 
 def _schedule_quick_and_hanging(tasklist, tmp_path, processes):

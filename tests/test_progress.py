@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import termios
+import time
 
 import pytest
 from tqdm import tqdm
@@ -183,3 +184,28 @@ def test_progress_and_output_work_in_a_jupyter_kernel(tmp_path):
     assert 'finished 4' in text
     assert all(f'task says {number}' in text for number in range(4))
     assert '4/4' in text + data  # the progress view reached the end
+
+
+@pytest.mark.parametrize('start_method', ['forkserver', 'spawn'])
+def test_output_grows_while_the_task_runs_and_stays_only_if_printed(tasklist, tmp_path,
+                                                                    start_method):
+    import threading
+    quiet = tasklist.schedule(defer(tasks.square, 2))
+    loud = tasklist.schedule(defer(tasks.print_lines, 'x', 2, create=tmp_path / 'halfway',
+                                   wait=tmp_path / 'go'))
+    finished = []
+    driver = threading.Thread(target=lambda: finished.extend(
+        tasklist.run(nprocesses=2, start_method=start_method)))
+    driver.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / 'halfway').exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert tasklist.output(loud) == 'x 0\n'  # printed so far, while it waits
+    finally:
+        (tmp_path / 'go').touch()
+        driver.join(60)
+    assert sorted(task.returnvalue for task in finished if task.returnvalue != 'x') == [4]
+    assert os.listdir(os.path.join(tasklist.directory, 'output')) == [f'{loud}.log']
+    assert tasklist.output(loud) == 'x 0\nx 1\n'
+    assert tasklist.output(quiet) == ''  # it ran, and printed nothing
