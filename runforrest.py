@@ -1658,7 +1658,7 @@ class _Template:
         self.outputs = _OutputFiles()
         self.children = {}  # pid: [job number, output file, descriptor, reported]
         self.standbys = {}  # pid: (job pipe, output descriptor, spare path)
-        self.notices, self.notice_end = os.pipe()  # children write 'PID CODE\n'
+        self.notices, self.notice_end = os.pipe()  # children write 'PID\n'
         os.set_blocking(self.notices, False)
         self.wakeup, self.wakeup_end = os.pipe()
         self.buffers = {commands: b'', self.notices: b''}
