@@ -1458,9 +1458,12 @@ class _OutputFiles:
         spares = self.spares.get(directory)
         if spares:
             return spares.pop()
-        self.count += 1
-        spare = os.path.join(directory, f'.spare-{os.getpid()}-{self.count}.tmp')
+        spare = self._spare_path(directory)
         return os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), spare
+
+    def _spare_path(self, directory):
+        self.count += 1
+        return os.path.join(directory, f'.spare-{os.getpid()}-{self.count}.tmp')
 
     def open(self, path):
         """A descriptor of an empty file at path, which replaces any file there."""
@@ -1473,9 +1476,8 @@ class _OutputFiles:
         printed, else make it a spare."""
         try:
             if os.fstat(fd).st_size == 0:
-                self.count += 1
                 directory = os.path.dirname(path)
-                spare = os.path.join(directory, f'.spare-{os.getpid()}-{self.count}.tmp')
+                spare = self._spare_path(directory)
                 os.replace(path, spare)
                 os.lseek(fd, 0, os.SEEK_SET)  # a task may have written, then truncated
                 self.spares.setdefault(directory, []).append((fd, spare))
