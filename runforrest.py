@@ -2100,28 +2100,35 @@ class Run:
                                  self.print_errors, self.progress, lock.publish)
                 attempts = {}
                 settled = time.monotonic()
-                for name in leftovers:
-                    task = self._collect(name, report)
-                    filed.append(name)
-                    yield task
-                    del task  # hold one result at a time, however large
-                while pending or backend.busy():
+
+                def fill():
                     while pending and backend.has_room():
                         name = pending.popleft()
                         tasklist._reuse(spares, name)
                         backend.start(name)
                         running.add(name)
                         report.started(name)
-                    for name in backend.wait():
-                        running.discard(name)
-                        if self._retry(name, attempts):
-                            pending.append(name)
-                            report.retried(name)
-                            continue
+
+                finished = leftovers
+                fill()
+                while True:
+                    for name in finished:
                         task = self._collect(name, report)
                         filed.append(name)
                         yield task
-                        del task
+                        del task  # hold one result at a time, however large
+                    if not backend.busy():
+                        break
+                    finished = []
+                    for name in backend.wait():
+                        running.discard(name)
+                        report.ended(name)
+                        if self._retry(name, attempts):
+                            pending.append(name)
+                            report.retried(name)
+                        else:
+                            finished.append(name)
+                    fill()  # first: reading and yielding a result must not keep a slot idle
                     if time.monotonic() - settled >= _SETTLE_INTERVAL and \
                             not (settling and settling.is_alive()):
                         # A sync takes a while: tasks go on starting meanwhile.
@@ -2225,14 +2232,16 @@ class _Report:
         self.log = open(tasklist.logfile, 'a', buffering=1) if tasklist.logfile else None
         self.view = _progress_view(total) if progress else None
         self.done = self.failed = 0
-        self.running = running
+        self.running, self.published = running, None
 
     def _line(self, text):
         if self.log:
             self.log.write(f'{_now()} {text}\n')
 
     def _show(self):
-        self.publish(running=self.running)
+        if self.running != self.published:  # a task's end and the next start cancel out
+            self.publish(running=self.running)
+            self.published = self.running
         if self.view:
             self.view.update(self.done, self.failed, self.running)
 
@@ -2241,14 +2250,15 @@ class _Report:
         self._line(f'start {name}')
         self._show()
 
-    def retried(self, name):
+    def ended(self, name):
+        """A task's process ended; its result is yet to be filed (`finished`)."""
         self.running -= 1
+
+    def retried(self, name):
         self._line(f'retry {name}: it crashed or was killed')
-        self._show()
 
     def finished(self, task):
         ok = task.errorvalue is None
-        self.running = max(0, self.running - 1)
         if ok:
             self.done += 1
             self._line(f'done {task.taskname} ({task.runtime or 0:.2f} s)')

@@ -5,6 +5,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -208,6 +209,23 @@ def test_each_task_gets_a_fresh_process_in_its_own_group(tasklist, start_method)
     overlapping = max(sum(1 for s, e in intervals if s <= start < e) for start, _ in intervals)
     assert overlapping <= 2
 
+
+
+@pytest.mark.parametrize('start_method', ['forkserver', 'spawn'])
+def test_the_next_task_starts_while_the_loop_body_holds_a_result(tasklist, tmp_path,
+                                                                 start_method):
+    marker = tmp_path / 'second-ran'
+    tasklist.schedule(defer(tasks_core.identity, 1))
+    tasklist.schedule(defer(tasks_core.count_call, str(marker), 2))
+    seen = []
+    for task in tasklist.run(nprocesses=1, start_method=start_method):
+        if not seen:  # the one slot is free: the second task runs meanwhile
+            deadline = time.monotonic() + 60
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert marker.exists(), 'the second task did not start while the first was held'
+        seen.append(task.returnvalue)
+    assert seen == [1, 2]
 
 def test_state_of_one_task_is_not_seen_by_the_next(tasklist):
     tasklist.schedule(defer(setattr, tasks_core, 'leaked', 'yes'))
