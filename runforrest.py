@@ -1566,42 +1566,77 @@ class _Spawner:
 class _ForkServer:
     """Starts each task as a fork of a template: a fresh interpreter, started
     once per run, that imports the modules to `preload` and then only forks.
-    Its children are as fresh as a new interpreter, minus the start-up time."""
+    Its children are as fresh as a new interpreter, minus the start-up time.
+
+    The template forks children ahead, as standbys that wait for a task
+    each, and hands this driver a socket to each (SCM_RIGHTS). The driver
+    sends a task, with its output file, straight to a standby, and the
+    standby tells the driver itself when its result is written: the
+    template, which reports each child it reaps, stays off a task's way.
+    A byte on the request pipe asks the template for one more standby."""
 
     def __init__(self, selector, env, sessionfile, preload):
         import json
+        import socket
         import subprocess
-        commands, self.commands = os.pipe()
-        self.events, events = os.pipe()
+        from collections import deque
+        requests, self.requests = os.pipe()
+        self.channel, channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         config = json.dumps({'sys_path': sys.path, 'preload': list(preload),
                              'sessionfile': sessionfile})
         # The template learns of the driver's end, however it comes, when the
-        # command pipe closes; it then kills its children.
+        # request pipe closes; it then kills its children.
         self.process = subprocess.Popen(
             [sys.executable, '-m', 'runforrest', '--forkserver',
-             str(commands), str(events), config],
+             str(requests), str(channel.fileno()), config],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
-            process_group=0, pass_fds=(commands, events))
-        os.close(commands)
-        os.close(events)
+            process_group=0, pass_fds=(requests, channel.fileno()))
+        os.close(requests)
+        channel.close()
+        self.channel.setblocking(False)
         self.selector = selector
-        self.jobs = {}  # job number: _Job
-        self.count = 0
-        self.buffer = b''
-        selector.register(self.events, 1, self._read_events)
-        # Children share the event pipe: the template's own end shows its death.
+        self.outputs = _OutputFiles()
+        self.standbys = deque()  # (pid, socket) of children waiting for a task
+        self.waiting = deque()  # jobs that no standby was ready for
+        self.jobs = {}  # pid: job, until its end is known
+        self.files = {}  # pid: (output descriptor, path), until its group is gone
+        selector.register(self.channel, 1, self._read_events)
+        # Children share the channel: the template's own end shows its death.
         self.pidfd = os.pidfd_open(self.process.pid)
         selector.register(self.pidfd, 1, self._died)
 
     def start(self, job):
-        import json
-        self.count += 1
-        self.jobs[self.count] = job
-        line = json.dumps([self.count, job.todo, job.result, job.output]) + '\n'
+        self.waiting.append(job)
+        self._hand_out()
+        if self.waiting:
+            self._request()
+
+    def _request(self):
         try:
-            os.write(self.commands, line.encode())
+            os.write(self.requests, b'+')
         except BrokenPipeError:
             self._died()
+
+    def _hand_out(self):
+        import json
+        import socket
+        while self.waiting and self.standbys:
+            pid, connection = self.standbys.popleft()
+            job = self.waiting[0]
+            output = self.outputs.open(job.output)
+            try:
+                socket.send_fds(connection, [json.dumps([job.todo, job.result]).encode()],
+                                [output])
+            except OSError:  # that standby died; the template reports it
+                self.outputs.release(output, job.output)
+                continue
+            finally:
+                connection.close()
+            self.waiting.popleft()
+            job.pid = pid
+            self.jobs[pid] = job
+            self.files[pid] = output, job.output
+            self._request()  # to replace it
 
     def _died(self):
         raise RunforrestError('the forkserver template process died; run again, '
@@ -1609,70 +1644,90 @@ class _ForkServer:
 
     def _read_events(self):
         import json
-        data = os.read(self.events, 1 << 16)
-        if not data:
-            self._died()
-        *lines, self.buffer = (self.buffer + data).split(b'\n')
+        import socket
         events = []
-        for event in map(json.loads, lines):
-            if 'error' in event:
-                raise RunforrestError(f'the forkserver template failed: {event["error"]}')
-            job = self.jobs.get(event['job'])
-            if job is None:
-                continue  # told twice that it ended (see _Template)
-            if 'pid' in event:
-                job.pid = event['pid']
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(self.channel, 1 << 16, 1,
+                                                     socket.MSG_CMSG_CLOEXEC)
+            except BlockingIOError:
+                break
+            if not message:
+                self._died()
+            event = json.loads(message)
+            if 'standby' in event:
+                self.standbys.append((event['standby'], socket.socket(fileno=fds[0])))
+            elif 'ended' in event or 'reaped' in event:
+                # A child reports its own end; the template reports every child
+                # it reaps, whose group is then gone: a task's end may come twice.
+                pid = event.get('ended', event.get('reaped'))
+                job = self.jobs.pop(pid, None)
+                if job is not None:
+                    events.append(('ended', job, event['returncode']))
+                if 'reaped' in event:
+                    self._reaped(pid)
             elif 'refused' in event:
-                events.append(('refused', self.jobs.pop(event['job']), event['refused']))
+                if self.waiting:
+                    events.append(('refused', self.waiting.popleft(), event['refused']))
             else:
-                events.append(('ended', self.jobs.pop(event['job']), event['returncode']))
+                raise RunforrestError(f'the forkserver template failed: {event["error"]}')
+        self._hand_out()
         return events
 
+    def _reaped(self, pid):
+        if pid in self.files:
+            self.outputs.release(*self.files.pop(pid))
+            return
+        for standby in self.standbys:  # one that died before its task came
+            if standby[0] == pid:
+                self.standbys.remove(standby)
+                standby[1].close()
+                return
+
     def close(self):
-        os.close(self.commands)  # the template kills its children and leaves
+        os.close(self.requests)  # the template kills its children and leaves
         self.process.wait()
-        for fd in (self.events, self.pidfd):
+        for _, connection in self.standbys:
+            connection.close()
+        for output, path in self.files.values():
+            self.outputs.release(output, path)
+        self.outputs.close()
+        for fd in (self.channel, self.pidfd):
             self.selector.unregister(fd)
-            os.close(fd)
+        self.channel.close()
+        os.close(self.pidfd)
 
 
-def _serve_forks(commands, events, config):
+def _serve_forks(requests, channel, config):
     """The forkserver template's entry point (see `_ForkServer`)."""
     import json
-    return _Template(commands, events, json.loads(config)).serve()
+    return _Template(requests, channel, json.loads(config)).serve()
 
 
 class _Template:
-    """The forkserver's template process: it forks a child per task, and
-    tells the driver when each starts and ends.
+    """The forkserver's template process: it forks a standby child for each
+    byte on the request pipe, and reaps its children, killing each one's
+    process group and telling the driver. A child's task comes from the
+    driver, not through here (see `_ForkServer`)."""
 
-    Two things keep process life out of a task's way. Children are forked
-    ahead, as standbys that wait for their tasks, one per running task, so
-    that a task need not wait for a fork. And a child tells the driver
-    itself that its result is written, so that the driver need not wait
-    for a whole process to be torn down, nor for the template; it then
-    tells the template, which kills its process group, as at any task's
-    end. A child that dies first is reported by the template, and one that
-    dies between the two messages twice, which the driver ignores."""
-
-    def __init__(self, commands, events, config):
-        self.commands, self.events, self.config = commands, events, config
-        self.outputs = _OutputFiles()
-        self.children = {}  # pid: [job number, output file, descriptor, reported]
-        self.standbys = {}  # pid: (job pipe, output descriptor, spare path)
-        self.notices, self.notice_end = os.pipe()  # children write 'PID\n'
-        os.set_blocking(self.notices, False)
+    def __init__(self, requests, channel, config):
+        import socket
+        self.requests, self.config = requests, config
+        self.channel = socket.socket(fileno=channel)
+        self.children = set()
         self.wakeup, self.wakeup_end = os.pipe()
-        self.buffers = {commands: b'', self.notices: b''}
-        self.output_directory = None  # known from the first task on
 
-    def _report(self, **event):
+    def _send(self, event, fd=None):
         import json
-        os.write(self.events, (json.dumps(event) + '\n').encode())
+        import socket
+        try:
+            socket.send_fds(self.channel, [json.dumps(event).encode()],
+                            [] if fd is None else [fd])
+        except OSError:
+            pass  # the driver is gone: its request pipe's end, read next, ends all
 
     def serve(self):
         import gc
-        import json
         import selectors
         import signal
         sys.path[:] = self.config['sys_path']
@@ -1681,7 +1736,7 @@ class _Template:
             for module in preload:
                 __import__(module)
         except BaseException as error:
-            self._report(error=f'cannot preload {module}: {type(error).__name__}: {error}')
+            self._send({'error': f'cannot preload {module}: {type(error).__name__}: {error}'})
             return 1
         sys.stdout.flush()  # else what a preloaded module printed, every task prints
         sys.stderr.flush()
@@ -1691,99 +1746,47 @@ class _Template:
         os.set_blocking(self.wakeup_end, False)
         signal.set_wakeup_fd(self.wakeup_end)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        selector = selectors.DefaultSelector()
-        for fd in (self.commands, self.notices, self.wakeup):
-            selector.register(fd, selectors.EVENT_READ)
+        self.selector = selectors.DefaultSelector()
+        for fd in (self.requests, self.wakeup):
+            self.selector.register(fd, selectors.EVENT_READ)
         while True:
-            for key, _ in selector.select():
+            for key, _ in self.selector.select():
                 if key.fd == self.wakeup:
                     os.read(self.wakeup, 1 << 12)
                     self._reap()
-                elif key.fd == self.notices:
-                    self._read_notices()
-                else:
-                    jobs = self._lines(self.commands)
-                    if jobs is None:  # the driver is done, or dead: so are the tasks
-                        self._close()
-                        return 0
-                    for number, todo, result, output in map(json.loads, jobs):
-                        self._start(number, todo, result, output)
-            running = sum(not reported for *_, reported in self.children.values())
-            while len(self.standbys) < running:
-                try:
-                    self._fork(self.output_directory)
-                except OSError:
-                    break  # the process limit: fork when a task needs it
+                    continue
+                requested = os.read(self.requests, 1 << 12)
+                if not requested:  # the driver is done, or dead: so are the tasks
+                    for pid in self.children:
+                        _kill_group(pid)
+                    return 0
+                for _ in requested:
+                    self._fork()
 
-    def _lines(self, fd):
-        """The whole lines that have come through fd, or None at its end."""
-        try:
-            data = os.read(fd, 1 << 16)
-        except BlockingIOError:
-            return []
-        if not data:
-            return None
-        *lines, self.buffers[fd] = (self.buffers[fd] + data).split(b'\n')
-        return lines
-
-    def _fork(self, directory):
-        """Fork a standby child, and return its pid."""
-        fd, spare = self.outputs.take(directory)
-        jobs, jobs_end = os.pipe()
+    def _fork(self):
+        import socket
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = os.fork()
-        except OSError:
-            os.close(jobs)
-            os.close(jobs_end)
-            self.outputs.release(fd, spare)
-            raise
+        except OSError as error:  # the process limit: the driver tries again
+            mine.close()
+            theirs.close()
+            self._send({'refused': str(error)})
+            return
         if pid == 0:
-            inherited = [self.commands, self.notices, self.wakeup,
-                         self.wakeup_end, jobs_end, *self.outputs.descriptors(),
-                         *(child[2] for child in self.children.values()),
-                         *(fd for standby in self.standbys.values() for fd in standby[:2])]
-            _forked_task(jobs, fd, self.events, self.notice_end, self.config['sessionfile'],
-                         inherited)
-        os.close(jobs)
+            inherited = [self.requests, self.wakeup, self.wakeup_end,
+                         self.selector.fileno(), mine.detach()]
+            _forked_task(theirs, self.channel, self.config['sessionfile'], inherited)
+        theirs.close()
         try:
             os.setpgid(pid, 0)  # also done in the child: whoever is first
         except OSError:
             pass
-        self.standbys[pid] = jobs_end, fd, spare
-        return pid
-
-    def _start(self, number, todo, result, output):
-        import json
-        self.output_directory = os.path.dirname(output)
-        if not self.standbys:
-            try:
-                self._fork(self.output_directory)
-            except OSError as error:
-                self._report(job=number, refused=str(error))
-                return
-        pid = next(iter(self.standbys))
-        jobs, fd, spare = self.standbys.pop(pid)
-        self.children[pid] = [number, output, fd, False]
-        self._report(job=number, pid=pid)  # before the child can say it ended
-        try:
-            os.replace(spare, output)
-            os.write(jobs, (json.dumps([number, todo, result]) + '\n').encode())
-        except OSError:  # the list was removed meanwhile; its death is recorded
-            pass
-        os.close(jobs)
-
-    def _read_notices(self):
-        """End the tasks whose processes told the driver that they ended."""
-        for pid in map(int, self._lines(self.notices)):
-            child = self.children.get(pid)
-            if child and not child[3]:
-                child[3] = True
-                # The task's children end with it, and nobody else: the
-                # leader's id, unreaped, cannot be reused for another group.
-                _kill_group(pid)
+        self.children.add(pid)
+        self._send({'standby': pid}, mine.fileno())
+        mine.close()
 
     def _reap(self):
-        self._read_notices()  # written before the exit: no reaped id is read after
         while True:
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -1791,56 +1794,40 @@ class _Template:
                 return
             if info is None:
                 return
-            pid = info.si_pid
-            _kill_group(pid)
-            _, status = os.waitpid(pid, 0)
-            if pid in self.standbys:  # killed from outside
-                jobs, fd, spare = self.standbys.pop(pid)
-                os.close(jobs)
-                self.outputs.release(fd, spare)
-                continue
-            if pid in self.children:
-                number, output, fd, reported = self.children.pop(pid)
-                if not reported:
-                    self._report(job=number, returncode=os.waitstatus_to_exitcode(status))
-                self.outputs.release(fd, output)
-
-    def _close(self):
-        for jobs, fd, spare in self.standbys.values():
-            os.close(jobs)  # a standby leaves when its pipe closes
-            os.close(fd)
-            _unlink(spare)
-        for pid in self.children:
-            _kill_group(pid)
-        self.outputs.close()
+            # The task's children end with it, and nobody else: the leader's
+            # id, unreaped, cannot be reused for another group.
+            _kill_group(info.si_pid)
+            _, status = os.waitpid(info.si_pid, 0)
+            self.children.discard(info.si_pid)
+            self._send({'reaped': info.si_pid,
+                        'returncode': os.waitstatus_to_exitcode(status)})
 
 
-def _forked_task(jobs, output, events, notices, sessionfile, inherited):
-    """The life of a forked task process: wait for a task, run it, tell the
-    driver and then the template that it ended; never returns.
+def _forked_task(connection, channel, sessionfile, inherited):
+    """The life of a forked task process: wait for a task from the driver,
+    run it, and tell the driver that it ended; never returns.
 
     It needs no lifeline of its own: its template kills it when the driver
     dies, and the driver kills it when the template dies."""
     import json
     import signal
-    code, number = 3, None
+    import socket
+    code, started = 3, False
     try:
         os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for fd in inherited:
             os.close(fd)
-        line = b''
-        while not line.endswith(b'\n'):
-            data = os.read(jobs, 1 << 12)
-            if not data:  # no task came
-                os._exit(0)
-            line += data
-        os.close(jobs)
-        number, todo, result = json.loads(line)
-        os.dup2(output, 1)
-        os.dup2(output, 2)
-        os.close(output)
+        message, fds, _, _ = socket.recv_fds(connection, 1 << 16, 1)
+        if not message:  # the driver is done: no task came
+            os._exit(0)
+        connection.close()
+        started = True
+        todo, result = json.loads(message)
+        os.dup2(fds[0], 1)
+        os.dup2(fds[0], 2)
+        os.close(fds[0])
         if 'numpy.random' in sys.modules:  # Python's own random reseeds itself
             sys.modules['numpy.random'].seed()
         _become_task_process(None)
@@ -1854,12 +1841,11 @@ def _forked_task(jobs, output, events, notices, sessionfile, inherited):
                 stream.flush()
             except Exception:
                 pass  # closed by the task
-        try:
-            if number is not None:
-                os.write(events, f'{{"job": {number}, "returncode": {code}}}\n'.encode())
-            os.write(notices, f'{os.getpid()}\n'.encode())
-        except OSError:
-            pass  # the driver or the template is gone
+        if started:
+            try:
+                channel.send(json.dumps({'ended': os.getpid(), 'returncode': code}).encode())
+            except OSError:
+                pass  # the driver is gone
         os._exit(code)
 
 

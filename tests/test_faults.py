@@ -850,6 +850,31 @@ def test_task_processes_die_with_a_killed_forkserver_template(tmp_path, processe
     wait_gone(tree, 'the task and its child after the template was SIGKILLed')
     assert layout(tmp_path / 'tasks') == {'todo': ['00000001-hang_with_subprocess'],
                                           'done': [], 'fail': [], 'collect': []}
+    wait_for(lambda: not session_members(driver.pid),
+             "every process of the run, the template's standbys too, to end", timeout=PROMPTLY)
+
+
+def children_of(parent):
+    return [int(entry) for entry in os.listdir('/proc') if entry.isdigit()
+            and (fields := _stat(entry)) and fields[0] != b'Z' and int(fields[1]) == parent]
+
+
+def test_standbys_killed_from_outside_do_not_stall_a_run(tasklist):
+    for x in range(4):
+        tasklist.schedule(defer(faulty.slow_double, x, 0.5))
+    killed = []
+    for task in tasklist.run(nprocesses=1, retries=1, start_method='forkserver'):
+        if not killed:
+            [template] = [pid for pid in children_of(os.getpid())
+                          if b'--forkserver' in open(f'/proc/{pid}/cmdline', 'rb').read()]
+            # The next task's process, and a standby that waits for the one
+            # after; the task runs again (retries).
+            killed = wait_for(lambda: len(children_of(template)) >= 2 and children_of(template),
+                              "the template's standby and the next task")
+            for pid in killed:
+                _kill(pid)
+    assert sorted(task.returnvalue for task in tasklist.done_tasks()) == [0, 2, 4, 6]
+    assert layout(tasklist.directory)['todo'] == []
 
 
 def _schedule_quick_and_hanging(tasklist, tmp_path, processes):
