@@ -1573,7 +1573,9 @@ class _ForkServer:
     sends a task, with its output file, straight to a standby, and the
     standby tells the driver itself when its result is written: the
     template, which reports each child it reaps, stays off a task's way.
-    A byte on the request pipe asks the template for one more standby."""
+    A byte on the request pipe asks the template for one more standby: one
+    for each standby taken, and two for a task that found none, one of them
+    ahead, so that the driver has heard of a standby before a slot frees."""
 
     def __init__(self, selector, env, sessionfile, preload):
         import json
@@ -1609,11 +1611,11 @@ class _ForkServer:
         self.waiting.append(job)
         self._hand_out()
         if self.waiting:
-            self._request()
+            self._request(2)
 
-    def _request(self):
+    def _request(self, count=1):
         try:
-            os.write(self.requests, b'+')
+            os.write(self.requests, b'+' * count)
         except BrokenPipeError:
             self._died()
 
