@@ -1453,21 +1453,18 @@ class _OutputFiles:
         self.spares = {}  # directory: [(descriptor, path)] of empty files
         self.count = 0
 
-    def take(self, directory):
-        """(descriptor, path) of an empty file in directory, named as a spare."""
-        spares = self.spares.get(directory)
-        if spares:
-            return spares.pop()
-        spare = self._spare_path(directory)
-        return os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), spare
-
     def _spare_path(self, directory):
         self.count += 1
         return os.path.join(directory, f'.spare-{os.getpid()}-{self.count}.tmp')
 
     def open(self, path):
         """A descriptor of an empty file at path, which replaces any file there."""
-        fd, spare = self.take(os.path.dirname(path))
+        directory = os.path.dirname(path)
+        if self.spares.get(directory):
+            fd, spare = self.spares[directory].pop()
+        else:
+            spare = self._spare_path(directory)
+            fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.replace(spare, path)
         return fd
 
@@ -1485,9 +1482,6 @@ class _OutputFiles:
         except OSError:
             pass  # renamed or removed by someone else: theirs now
         os.close(fd)
-
-    def descriptors(self):
-        return [fd for spares in self.spares.values() for fd, _ in spares]
 
     def close(self):
         for spares in self.spares.values():

@@ -95,7 +95,7 @@ def serial_runner(fun, args, directory):
 
 # The floors: what starting a process costs at least, one at a time.
 
-def interpreter_floor(n):
+def interpreter_floor(n, directory):
     """Seconds for n bare interpreter starts."""
     start = time.perf_counter()
     for _ in range(n):
@@ -115,7 +115,7 @@ print(time.perf_counter() - start)
 """
 
 
-def fork_floor(n):
+def fork_floor(n, directory):
     """Seconds for n bare forks and waits, by a bare interpreter: a fork
     costs more the more memory the forking process has, and this driver has
     imported a lot."""
@@ -123,7 +123,37 @@ def fork_floor(n):
     return float(subprocess.run(command, check=True, capture_output=True).stdout)
 
 
-FLOORS = {'bare interpreter': interpreter_floor, 'bare fork': fork_floor}
+FORK_TASK_LOOP = """
+import os, sys, time
+import runforrest, workloads
+todo, result, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+start = time.perf_counter()
+for _ in range(n):
+    pid = os.fork()
+    if pid == 0:
+        runforrest.execute(todo, result, durable=False)
+        os._exit(0)
+    os.waitpid(pid, 0)
+print(time.perf_counter() - start)
+"""
+
+
+def fork_task_floor(n, directory):
+    """Seconds for n forks, one at a time, of a process that has imported
+    runforrest and the task's module, each child running one task file and
+    writing its result: what a task process must do, without a driver."""
+    tasklist = runforrest.TaskList(directory)
+    name = tasklist.schedule(runforrest.defer(workloads.identity, 0))
+    tasklist.flush()
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([here, os.path.dirname(here)])}
+    command = [sys.executable, '-c', FORK_TASK_LOOP, tasklist._path('todo', name),
+               tasklist._path('collect', name), str(n)]
+    return float(subprocess.run(command, check=True, capture_output=True, env=env).stdout)
+
+
+FLOORS = {'bare interpreter': interpreter_floor, 'bare fork': fork_floor,
+          'fork + task file': fork_task_floor}
 
 RUNNERS = {  # name: (runner, how many tasks it runs at a time)
     'runforrest forkserver': (runforrest_runner('forkserver'), NPROCESSES),
@@ -140,7 +170,7 @@ RUNNERS = {  # name: (runner, how many tasks it runs at a time)
 
 def missing(name):
     """Why a runner cannot run here, or None."""
-    if name.startswith('runforrest') and runforrest is None:
+    if (name.startswith('runforrest') or name == 'fork + task file') and runforrest is None:
         return RUNFORREST_MISSING
     if name.startswith('joblib') and joblib is None:
         return 'joblib is not installed (pip install runforrest[bench])'
@@ -171,7 +201,7 @@ def measure(name, fun, args, directory):
     """Wall time and driver peak memory of one run, after checking every result."""
     reset_peak_memory()
     if name in FLOORS:
-        return FLOORS[name](len(args)), peak_memory()
+        return FLOORS[name](len(args), directory), peak_memory()
     start = time.perf_counter()
     count = total = 0
     # map(size) lets go of each result before the next one comes.
@@ -232,7 +262,7 @@ def table(title, header, rows, failures=()):
 # -- workloads
 
 def overhead(n, options):
-    floors = ['bare interpreter', 'bare fork']
+    floors = ['bare interpreter', 'bare fork', 'fork + task file']
     runners = ['runforrest spawn', 'runforrest forkserver', 'runforrest forkserver, preload',
                'multiprocessing.Pool', 'ProcessPoolExecutor', 'joblib (loky)', 'serial']
     medians, failures = compare(floors + runners, workloads.identity, list(range(n)), options)
@@ -252,24 +282,29 @@ def overhead(n, options):
     marginal = {name: per_task(name, medians[name][0] - halves[name][0], n - n // 2)
                 for name in halves}
     marginal.update((name, overall[name]) for name in floors if name in overall)
-    references = {'runforrest spawn': ('bare interpreter', 2),
-                  'runforrest forkserver': ('bare fork', 3),
-                  'runforrest forkserver, preload': ('bare fork', 3),
-                  'multiprocessing.Pool': ('bare fork', None),
-                  'ProcessPoolExecutor': ('bare fork', None),
-                  'joblib (loky)': ('bare fork', None)}
+    # The targets' references, and for a fork per task, the floor of that
+    # design: no runner that forks a process per task can do better.
+    references = {'runforrest spawn': [('bare interpreter', 2)],
+                  'runforrest forkserver': [('bare fork', 3), ('fork + task file', None)],
+                  'runforrest forkserver, preload': [('bare fork', 3),
+                                                     ('fork + task file', None)],
+                  'fork + task file': [('bare fork', None)],
+                  'multiprocessing.Pool': [('bare fork', None)],
+                  'ProcessPoolExecutor': [('bare fork', None)],
+                  'joblib (loky)': [('bare fork', None)]}
     rows = []
     for name in [name for name in floors + runners if name in marginal]:
-        reference, target = references.get(name, (None, None))
-        ratio = verdict = ''
-        if reference in marginal:
+        ratios, targets, verdict = [], '', ''
+        for reference, target in references.get(name, []):
+            if reference not in marginal:
+                continue
             value = marginal[name] / marginal[reference]
-            ratio = f'{value:.2f} x {reference}'
+            ratios.append(f'{value:.2f} x {reference}')
             if target:
+                targets = f'<= {target:g} x {reference}'
                 verdict = check('overhead', f'{name}: one more task / {reference}', value, target)
         rows.append([name, f'{medians[name][0]:.3f}', f'{overall[name] * 1000:.2f}',
-                     f'{marginal[name] * 1000:.2f}', ratio,
-                     f'<= {target:g}' if target else '', verdict])
+                     f'{marginal[name] * 1000:.2f}', '; '.join(ratios), targets, verdict])
     table(f'overhead: {n} trivial tasks, {NPROCESSES} at a time (floors: one at a time); '
           f'per task = wall x tasks at a time / tasks; one more task = the same, for the '
           f'difference to {n // 2} tasks',
