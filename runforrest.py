@@ -1736,6 +1736,7 @@ class _Template:
             return 1
         sys.stdout.flush()  # else what a preloaded module printed, every task prints
         sys.stderr.flush()
+        _become_task_process(None)  # once for all children
         # What the template holds, its children share until they write to it;
         # a garbage collection in a child would touch, and so copy, all of it.
         gc.freeze()
@@ -1826,7 +1827,6 @@ def _forked_task(connection, channel, sessionfile, inherited):
         os.close(fds[0])
         if 'numpy.random' in sys.modules:  # Python's own random reseeds itself
             sys.modules['numpy.random'].seed()
-        _become_task_process(None)
         code = 0 if execute(todo, result, sessionfile=sessionfile, durable=False) else 1
     except BaseException:
         import traceback
