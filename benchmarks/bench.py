@@ -1,7 +1,7 @@
 """Benchmarks of runforrest against the cost of a bare process, and against its peers.
 
     python benchmarks/bench.py --quick      # small sizes, a few minutes
-    python benchmarks/bench.py              # the targets' sizes, 20 minutes or more
+    python benchmarks/bench.py              # the targets' sizes, about 15 minutes
     python benchmarks/bench.py --only cpu,scale --repeat 5 --scale-tasks 20000
 Prints a Markdown table per workload and the targets met. Peers: pip install runforrest[bench].
 """

@@ -114,7 +114,7 @@ def test_a_job_that_slurm_kills_for_its_memory_says_so(tmp_path, slurm):
     tasklist.schedule(defer(tasks_core.hold_memory, 600))
     frugal = Slurm(mem='150M', poll_interval=0.3)
     [task] = tasklist.run(nprocesses=1, executor=frugal)
-    assert isinstance(task.errorvalue, TaskLost)
+    assert isinstance(task.errorvalue, TaskLost), repr(task.errorvalue)
     assert 'exceeded job memory limit' in str(task.errorvalue).lower(), task.errorvalue
 
 
