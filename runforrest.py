@@ -1470,9 +1470,11 @@ class _OutputFiles:
 
     def release(self, fd, path):
         """Once nothing writes to it any more: keep the file if its task
-        printed, else make it a spare."""
+        printed, else make it a spare, unless a new file took its place (the
+        task's next attempt may start before this one's last process is gone)."""
         try:
-            if os.fstat(fd).st_size == 0:
+            status = os.fstat(fd)
+            if status.st_size == 0 and os.path.samestat(status, os.stat(path)):
                 directory = os.path.dirname(path)
                 spare = self._spare_path(directory)
                 os.replace(path, spare)

@@ -209,3 +209,16 @@ def test_output_grows_while_the_task_runs_and_stays_only_if_printed(tasklist, tm
     assert os.listdir(os.path.join(tasklist.directory, 'output')) == [f'{loud}.log']
     assert tasklist.output(loud) == 'x 0\nx 1\n'
     assert tasklist.output(quiet) == ''  # it ran, and printed nothing
+
+
+def test_an_output_file_is_recycled_only_if_it_is_still_its_tasks(tmp_path):
+    from runforrest import _OutputFiles
+    outputs, log = _OutputFiles(), tmp_path / 'task.log'
+    first = outputs.open(str(log))
+    second = outputs.open(str(log))  # the next attempt, before the first one is gone
+    outputs.release(first, str(log))  # silent, but no longer at that path
+    os.write(second, b'from the next attempt\n')
+    assert log.read_text() == 'from the next attempt\n'
+    outputs.release(second, str(log))  # it printed: it stays
+    outputs.close()
+    assert os.listdir(tmp_path) == ['task.log']
