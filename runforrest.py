@@ -1570,8 +1570,10 @@ class _ForkServer:
     standby tells the driver itself when its result is written: the
     template, which reports each child it reaps, stays off a task's way.
     A byte on the request pipe asks the template for one more standby: one
-    for each standby taken, and two for a task that found none, one of them
-    ahead, so that the driver has heard of a standby before a slot frees."""
+    for each standby taken, and two for a task that found none, one of
+    them ahead, so that the driver has heard of a standby before a slot
+    frees. A task that finds none waits in `start` for one, so that it runs
+    while the driver yields a result, however long the loop body takes."""
 
     def __init__(self, selector, env, sessionfile, preload):
         import json
@@ -1598,16 +1600,30 @@ class _ForkServer:
         self.waiting = deque()  # jobs that no standby was ready for
         self.jobs = {}  # pid: job, until its end is known
         self.files = {}  # pid: (output descriptor, path), until its group is gone
-        selector.register(self.channel, 1, self._read_events)
+        self.backlog = []  # events received while `start` waited for a standby
+        # A byte here has the selector deliver the backlog.
+        self.pending, self.pending_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        for fd in (self.channel, self.pending):
+            selector.register(fd, 1, self._read_events)
         # Children share the channel: the template's own end shows its death.
         self.pidfd = os.pidfd_open(self.process.pid)
         selector.register(self.pidfd, 1, self._died)
 
     def start(self, job):
+        import select
         self.waiting.append(job)
         self._hand_out()
-        if self.waiting:
-            self._request(2)
+        if not self.waiting:
+            return
+        self._request(2)
+        while job in self.waiting:
+            ready, _, _ = select.select([self.channel, self.pidfd], [], [])
+            if self.pidfd in ready:
+                self._died()
+            self._receive()
+            self._hand_out()
+        if self.backlog:
+            os.write(self.pending_end, b'.')
 
     def _request(self, count=1):
         try:
@@ -1641,9 +1657,20 @@ class _ForkServer:
                               "or use start_method='spawn'")
 
     def _read_events(self):
+        try:
+            os.read(self.pending, 1 << 12)
+        except BlockingIOError:
+            pass
+        self._receive()
+        self._hand_out()
+        events, self.backlog = self.backlog, []
+        return events
+
+    def _receive(self):
+        """Take in what the template and the children said, into the backlog."""
         import json
         import socket
-        events = []
+        events = self.backlog
         while True:
             try:
                 message, fds, _, _ = socket.recv_fds(self.channel, 1 << 16, 1,
@@ -1669,8 +1696,6 @@ class _ForkServer:
                     events.append(('refused', self.waiting.popleft(), event['refused']))
             else:
                 raise RunforrestError(f'the forkserver template failed: {event["error"]}')
-        self._hand_out()
-        return events
 
     def _reaped(self, pid):
         if pid in self.files:
@@ -1690,10 +1715,11 @@ class _ForkServer:
         for output, path in self.files.values():
             self.outputs.release(output, path)
         self.outputs.close()
-        for fd in (self.channel, self.pidfd):
+        for fd in (self.channel, self.pending, self.pidfd):
             self.selector.unregister(fd)
         self.channel.close()
-        os.close(self.pidfd)
+        for fd in (self.pending, self.pending_end, self.pidfd):
+            os.close(fd)
 
 
 def _serve_forks(requests, channel, config):
