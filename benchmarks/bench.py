@@ -245,7 +245,7 @@ def compare(names, fun, args, options):
 def check(workload, what, value, target):
     """'pass' or 'FAIL' for value <= target, remembered for the summary."""
     verdict = 'pass' if value <= target else 'FAIL'
-    CHECKS.append((workload, what, f'{value:.3g}', f'<= {target:.3g}', verdict))
+    CHECKS.append((workload, what, f'{value:.4g}', f'<= {target:.4g}', verdict))
     return verdict
 
 
