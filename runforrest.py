@@ -497,30 +497,23 @@ def _dump(obj, file):
     """Pickle obj into file: with the fast C pickler where it can, with dill
     where it must (lambdas, closures, objects of __main__)."""
     start = file.tell()
+
+    def undo(error):
+        if isinstance(error, OSError) and error.errno in _STORAGE_ERRORS:
+            raise error  # the file's fault (a full disk, say), not the object's
+        file.seek(start)
+        file.truncate()
+
     try:
         _FastPickler(file, pickle.HIGHEST_PROTOCOL).dump(obj)
         return
-    except OSError as error:
-        if error.errno in _STORAGE_ERRORS:
-            raise  # the file's fault (a full disk, say), not the object's
-        file.seek(start)
-        file.truncate()
-    except Exception:
-        file.seek(start)
-        file.truncate()
+    except Exception as error:
+        undo(error)
     import dill
     try:
         dill.Pickler(file, pickle.HIGHEST_PROTOCOL, recurse=True).dump(obj)
-    except OSError as error:
-        if error.errno in _STORAGE_ERRORS:
-            raise
-        file.seek(start)
-        file.truncate()
-        raise NotPicklable(f'{type(obj).__name__} cannot be pickled: {error}',
-                           type_name=type(obj).__name__) from None
     except Exception as error:
-        file.seek(start)
-        file.truncate()
+        undo(error)
         raise NotPicklable(f'{type(obj).__name__} cannot be pickled: {error}',
                            type_name=type(obj).__name__) from None
 
@@ -757,9 +750,9 @@ class TaskList:
                     f'{self.directory} exists and is not a task list (it has '
                     f'no todo/ directory); runforrest leaves it alone: choose '
                     f'another directory, or empty this one yourself')
-            if noschedule_if_exist and self._is_tasklist() and not self._scheduling_was_cut():
+            if noschedule_if_exist and not self._scheduling_was_cut():
                 self._noschedule = True
-            elif noschedule_if_exist and self._is_tasklist():
+            elif noschedule_if_exist:
                 self._remove(STATES + _WORKDIRS)  # it never ran: schedule it all again
             elif not exist_ok:
                 raise TaskListExists(
@@ -1597,7 +1590,6 @@ class _ForkServer:
         self.selector = selector
         self.outputs = _OutputFiles()
         self.standbys = deque()  # (pid, socket) of children waiting for a task
-        self.waiting = deque()  # jobs that no standby was ready for
         self.jobs = {}  # pid: job, until its end is known
         self.files = {}  # pid: (output descriptor, path), until its group is gone
         self.backlog = []  # events received while `start` waited for a standby
@@ -1611,17 +1603,18 @@ class _ForkServer:
 
     def start(self, job):
         import select
-        self.waiting.append(job)
-        self._hand_out()
-        if not self.waiting:
-            return
-        self._request(2)
-        while job in self.waiting:
+        handed = self._hand_out(job)
+        if not handed:
+            self._request(2)
+        while not handed:
             ready, _, _ = select.select([self.channel, self.pidfd], [], [])
             if self.pidfd in ready:
                 self._died()
-            self._receive()
-            self._hand_out()
+            refused = self._receive()
+            handed = self._hand_out(job)
+            if refused and not handed:  # the process limit: the supervisor tries again
+                self.backlog.append(('refused', job, refused))
+                break
         if self.backlog:
             os.write(self.pending_end, b'.')
 
@@ -1631,12 +1624,12 @@ class _ForkServer:
         except BrokenPipeError:
             self._died()
 
-    def _hand_out(self):
+    def _hand_out(self, job):
+        """Send job to the first standby that is alive; False if none is."""
         import json
         import socket
-        while self.waiting and self.standbys:
+        while self.standbys:
             pid, connection = self.standbys.popleft()
-            job = self.waiting[0]
             output = self.outputs.open(job.output)
             try:
                 socket.send_fds(connection, [json.dumps([job.todo, job.result]).encode()],
@@ -1646,11 +1639,12 @@ class _ForkServer:
                 continue
             finally:
                 connection.close()
-            self.waiting.popleft()
+                self._request()  # to replace it, alive or not; after the task is on its way
             job.pid = pid
             self.jobs[pid] = job
             self.files[pid] = output, job.output
-            self._request()  # to replace it
+            return True
+        return False
 
     def _died(self):
         raise RunforrestError('the forkserver template process died; run again, '
@@ -1661,22 +1655,22 @@ class _ForkServer:
             os.read(self.pending, 1 << 12)
         except BlockingIOError:
             pass
-        self._receive()
-        self._hand_out()
+        self._receive()  # a refused standby was asked for ahead: no task waits for it
         events, self.backlog = self.backlog, []
         return events
 
     def _receive(self):
-        """Take in what the template and the children said, into the backlog."""
+        """Take in what the template and the children said, into the backlog;
+        return why the template could not fork, if it could not."""
         import json
         import socket
-        events = self.backlog
+        events, refused = self.backlog, None
         while True:
             try:
                 message, fds, _, _ = socket.recv_fds(self.channel, 1 << 16, 1,
                                                      socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
-                break
+                return refused
             if not message:
                 self._died()
             event = json.loads(message)
@@ -1692,8 +1686,7 @@ class _ForkServer:
                 if 'reaped' in event:
                     self._reaped(pid)
             elif 'refused' in event:
-                if self.waiting:
-                    events.append(('refused', self.waiting.popleft(), event['refused']))
+                refused = event['refused']
             else:
                 raise RunforrestError(f'the forkserver template failed: {event["error"]}')
 
@@ -2706,7 +2699,7 @@ class _SlurmBackend:
 
 
 def _last_line(path):
-    """'; its log says: ...' with the last line of a job's log, if any: the
+    """'; its log PATH ends: ...' with the last line of a job's log, if any: the
     only place where SLURM says that it killed a job for its memory."""
     try:
         with open(path, errors='replace') as file:
