@@ -213,6 +213,20 @@ def measure(name, fun, args, directory):
     return wall, peak_memory()
 
 
+def discard(directory, options):
+    """Move directory aside, to be removed when the benchmark ends: on ext4
+    without a journal, creating a file costs up to a millisecond more in the
+    minutes after many were removed (the kernel skips over recently freed
+    inodes), which would charge one measurement for another's clean-up.
+    A directory of a few files goes at once: a few inodes do not matter, and
+    the space of large results does."""
+    if sum(len(names) for _, _, names in os.walk(directory)) < 100:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    os.makedirs(options.discarded, exist_ok=True)
+    os.rename(directory, os.path.join(options.discarded, str(len(os.listdir(options.discarded)))))
+
+
 def verify(count, total, args):
     if (count, total) != (len(args), sum(args)):
         raise RuntimeError(f'wrong results: {count} summing to {total}, '
@@ -235,8 +249,8 @@ def compare(names, fun, args, options):
                 failures[name] = f'{type(error).__name__}: {error}'
                 del samples[name]
             finally:
-                shutil.rmtree(directory, ignore_errors=True)
-                os.sync()  # so that the next one does not pay for this clean-up
+                discard(directory, options)
+                os.sync()  # so that the next one does not pay for this one's writing
     medians = {name: tuple(map(statistics.median, zip(*runs)))
                for name, runs in samples.items()}
     return medians, failures
@@ -401,7 +415,7 @@ def schedule(n, options):
     for _ in range(options.repeat):
         os.sync()  # so that neither inherits the write-back of what came before
         timings[floor].append(write_floor(directory, n))
-        shutil.rmtree(directory)
+        discard(directory, options)
         os.sync()
         start = time.perf_counter()
         tasklist = runforrest.TaskList(directory)
@@ -414,7 +428,7 @@ def schedule(n, options):
         start = time.perf_counter()
         count = len(tasklist.run(nprocesses=NPROCESSES))
         timings['count: len(run())'].append(time.perf_counter() - start)
-        shutil.rmtree(directory)
+        discard(directory, options)
         if count != n:
             raise RuntimeError(f'len(run()) is {count} after scheduling {n} tasks')
     medians = {step: statistics.median(runs) for step, runs in timings.items()}
@@ -455,7 +469,7 @@ def scale(n, options):
             phase(f'run, first {count}', start, count)
     peak = peak_memory()
     phase(f'run, all {count}', start, count)
-    shutil.rmtree(directory)
+    discard(directory, options)
     verify(count, total, range(n))
     check('scale', 'driver peak [MiB]', peak, 100)
     check('scale', 'growth of the peak after 10% of the run [MiB]', peak - early,
@@ -493,6 +507,7 @@ def main():
           f'load average {os.getloadavg()[0]:.1f} (other work skews the results)')
     options.workdir = tempfile.mkdtemp(prefix='runforrest-bench-',
                                        dir=os.path.abspath(options.workdir))
+    options.discarded = os.path.join(options.workdir, 'discarded')
     # Spawned task processes load runforrest from cached bytecode, as from an
     # installed copy, even where PYTHONDONTWRITEBYTECODE is set (compiling it
     # anew costs more than starting the interpreter); the cache goes away too.
