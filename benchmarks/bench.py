@@ -490,8 +490,9 @@ def main():
     parser.add_argument('--only', default=','.join(WORKLOADS),
                         help=f'comma-separated workloads, of: {",".join(WORKLOADS)}')
     parser.add_argument('--workdir', default='.',
-                        help='where a temporary directory for the task lists goes; '
-                             'not /tmp, if file creation is slow there')
+                        help='where a temporary directory for the task lists goes '
+                             '(about 3 GB at full sizes); not /tmp, if file creation is '
+                             'slow there')
     parser.add_argument('--scale-tasks', type=int, help='tasks of the scale workload')
     options = parser.parse_args()
     chosen = options.only.split(',')
