@@ -2974,7 +2974,8 @@ def _show_command(args):
     except TaskFileError as error:
         data.update(call=None, metadata=None, traceback=None, unreadable=str(error))
     try:
-        output = TaskList.open(directory).output(name)
+        tasklist = TaskList.open(directory)
+        output = tasklist.output(name)
     except NotATaskList:  # a task file by itself
         output = None
     if output is not None:
@@ -2994,8 +2995,7 @@ def _show_command(args):
     if data.get('traceback'):
         text.append('traceback:\n' + data['traceback'].rstrip())
     if data['output'] is not None:
-        log = os.path.join(directory, 'output', f'{name}.log')
-        text.append(f'output ({log}):\n{data["output"]}')
+        text.append(f'output ({tasklist._path("output", name)}):\n{data["output"]}')
     _emit(args, data, '\n'.join(text))
     return 0
 

@@ -210,7 +210,6 @@ def test_each_task_gets_a_fresh_process_in_its_own_group(tasklist, start_method)
     assert overlapping <= 2
 
 
-
 @pytest.mark.parametrize('start_method', ['forkserver', 'spawn'])
 def test_the_next_task_starts_while_the_loop_body_holds_a_result(tasklist, tmp_path,
                                                                  start_method):
@@ -226,6 +225,7 @@ def test_the_next_task_starts_while_the_loop_body_holds_a_result(tasklist, tmp_p
             assert marker.exists(), 'the second task did not start while the first was held'
         seen.append(task.returnvalue)
     assert seen == [1, 2]
+
 
 def test_state_of_one_task_is_not_seen_by_the_next(tasklist):
     tasklist.schedule(defer(setattr, tasks_core, 'leaked', 'yes'))
