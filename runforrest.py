@@ -21,10 +21,10 @@ A task is a file, and its life is a walk through the task list's directory::
                                                    ▼
                            DIR/done/00000001-f.pkl  or  DIR/fail/00000001-f.pkl
 
-Every file appears atomically (written aside, then renamed), and a result is
-on disk before the task leaves todo/, so a crash of a task, of the driver or
-of the machine loses nothing: the next run files what reached collect/ and
-runs again what did not.
+Every file appears atomically (written aside, then moved into place), and a
+result is on disk before the task leaves todo/, so a crash of a task, of the
+driver or of the machine loses nothing: the next run files what reached
+collect/ and runs again what did not.
 
 The module reads in that order: errors, the task graph, the file format, the
 store (`TaskList`), the task process, the supervisor that starts and polices
@@ -282,16 +282,16 @@ def defer(fun, *args, **kwargs):
                             f'{type(fun).__name__} {_abbreviate(fun)} is not '
                             f'callable; to wrap plain data, use defer(data) '
                             f'with no further arguments')
-        _check_picklable(fun, 'the data')
+        _check_picklable(fun, lambda: 'the data')
         return Value(fun)
     if not isinstance(fun, Task):
-        _check_picklable(fun, f'the function {_abbreviate(fun)}')
+        _check_picklable(fun, lambda: f'the function {_abbreviate(fun)}')
     for position, arg in enumerate(args):
         if not isinstance(arg, Task):
-            _check_picklable(arg, f'argument {position} of {_abbreviate(fun)}')
+            _check_picklable(arg, lambda: f'argument {position} of {_abbreviate(fun)}')
     for name, arg in kwargs.items():
         if not isinstance(arg, Task):
-            _check_picklable(arg, f'argument {name}= of {_abbreviate(fun)}')
+            _check_picklable(arg, lambda: f'argument {name}= of {_abbreviate(fun)}')
     return Call(fun, *_lift_arguments(args, kwargs))
 
 
@@ -525,26 +525,30 @@ def _dumps(obj):
     return buffer.getvalue()
 
 
-def _check_picklable(obj, what):
+_PLAIN_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
+def _check_picklable(obj, describe):
+    """Raise NotPicklable, with what describe() says obj is, if it is not picklable."""
+    if type(obj) in _PLAIN_TYPES:
+        return
     try:
         _dump(obj, _Discard())
     except NotPicklable as error:
         raise NotPicklable(
-            f'cannot defer {what}: {error}. A task travels to its process as '
+            f'cannot defer {describe()}: {error}. A task travels to its process as '
             f'a pickle; pass something picklable instead (a file name rather '
             f'than an open file, say), or create it inside the task',
             type_name=error.type_name) from None
 
 
-def _write_atomically(path, write, durable=True, replace=True, temporary=None):
+def _write_atomically(path, write, durable=True, temporary=None):
     """Write a file through a hidden temporary file, so that nobody ever sees
-    half of it. durable: on disk before it appears. replace=False: never
-    overwrite an existing file (FileExistsError instead). temporary: the
-    path of the temporary file, if only one process ever writes path; a
-    file there is reused (see `TaskList._reuse`)."""
+    half of it. durable: on disk before it appears. temporary: the path of
+    the temporary file, if only one process ever writes path; a file there
+    is reused (see `TaskList._reuse`)."""
     if temporary is None:
-        directory, base = os.path.split(path)
-        temporary = os.path.join(directory, f'.{base}.{os.getpid()}.tmp')
+        temporary = _temporary(path)
     try:
         # Overwritten, and cut to length after: truncating a reused file
         # first can cost more than the writing.
@@ -555,14 +559,60 @@ def _write_atomically(path, write, durable=True, replace=True, temporary=None):
             if durable:
                 file.flush()
                 os.fsync(file.fileno())
-        if replace:
-            os.replace(temporary, path)
-            return
-        os.link(temporary, path)
+        os.replace(temporary, path)
     except BaseException:
         _unlink(temporary)
         raise
-    os.unlink(temporary)
+
+
+def _create(path, data):
+    """Create the file path with data in it, whole or not at all, and never
+    in place of an existing one (FileExistsError instead).
+
+    The file is written nameless (O_TMPFILE) and then linked in: cheaper
+    than a temporary name, which is created, linked and removed again. Where
+    the filesystem or a missing /proc does not allow that, through a
+    temporary name after all."""
+    directory = os.path.dirname(path)
+    try:
+        fd = os.open(directory, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644)
+    except OSError:
+        fd = None
+    if fd is not None:
+        try:
+            _write_all(fd, data)
+            # A descriptor for src_dir_fd, though unused with an absolute path,
+            # has os.link call linkat(), which follows the /proc link to the file.
+            os.link(f'/proc/self/fd/{fd}', path, src_dir_fd=fd)
+            return
+        except FileExistsError:
+            raise
+        except OSError:
+            pass  # the same again below, where an error that is real recurs
+        finally:
+            os.close(fd)
+    temporary = _temporary(path)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.link(temporary, path)
+    finally:
+        _unlink(temporary)
+
+
+def _write_all(fd, data):
+    written = os.write(fd, data)
+    while written < len(data):
+        written += os.write(fd, data[written:])
+
+
+def _temporary(path):
+    """A hidden name beside path, for this process to write path's content first."""
+    directory, base = os.path.split(path)
+    return os.path.join(directory, f'.{base}.{os.getpid()}.tmp')
 
 
 def _scratch(path):
@@ -860,8 +910,7 @@ class TaskList:
             name = f'{self._next_index:08d}-{label}'
             self._next_index += 1
             try:
-                _write_atomically(self._path('todo', name), lambda file: file.write(data),
-                                  durable=False, replace=False)
+                _create(self._path('todo', name), data)
                 break
             except FileExistsError:  # another process schedules into this list too
                 self._next_index = self._highest_index() + 1

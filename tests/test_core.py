@@ -157,6 +157,42 @@ def test_schedule_takes_tasks_only(tasklist):
         tasklist.schedule(tasks_core.identity)
 
 
+SCHEDULE_TWICE = '''
+import os, sys, tasks_core
+from runforrest import TaskList, defer
+assert os.path.isdir('/proc/self/fd') == (sys.argv[2] == 'with /proc')
+first = TaskList(sys.argv[1])
+second = TaskList.open(sys.argv[1])  # sees no task yet: its next name is taken by then
+for value in range(3):
+    for tasklist in (first, second):
+        print(tasklist.schedule(defer(tasks_core.identity, (id(tasklist), value))))
+'''
+
+
+@pytest.mark.parametrize('proc', ['with /proc', 'without /proc'])
+def test_two_schedulers_on_one_list_overwrite_nothing(tmp_path, proc):
+    # Task files are written nameless and linked in through /proc/self/fd;
+    # without /proc, through a temporary name. Hide it in a mount namespace.
+    command = [sys.executable, '-c', SCHEDULE_TWICE, str(tmp_path / 'list'), proc]
+    if proc == 'without /proc':
+        if os.geteuid() != 0:
+            pytest.skip('hiding /proc in a mount namespace needs root')
+        command = ['unshare', '--mount', '--fork', 'sh', '-c',
+                   'mount -t tmpfs none /proc && exec "$@"', 'sh', *command]
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(tasks_core.__file__))
+    scheduled = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    if proc == 'without /proc' and 'mount' in scheduled.stderr and scheduled.returncode:
+        pytest.skip(f'cannot hide /proc here: {scheduled.stderr.strip()}')
+    assert scheduled.returncode == 0, scheduled.stderr
+    names = scheduled.stdout.split()
+    assert len(names) == 6 and len(set(names)) == 6, names
+    tasklist = TaskList.open(tmp_path / 'list')
+    assert sorted(os.listdir(tmp_path / 'list' / 'todo')) == sorted(f'{n}.pkl' for n in names)
+    values = [evaluate(task) for task in tasklist.todo_tasks()]
+    assert sorted(value for _, value in values) == [0, 0, 1, 1, 2, 2]
+    assert len({scheduler for scheduler, _ in values}) == 2
+
+
 def test_logfile_takes_output_and_diagnostics(tmp_path, capfd):
     log = tmp_path / 'log.txt'
     tasklist = TaskList(tmp_path / 'list', logfile=str(log))
