@@ -1609,8 +1609,10 @@ class _ForkServer:
     The template forks children ahead, as standbys that wait for a task
     each, and hands this driver a socket to each (SCM_RIGHTS). The driver
     sends a task, with its output file, straight to a standby, and the
-    standby tells the driver itself when its result is written: the
-    template, which reports each child it reaps, stays off a task's way.
+    standby tells the driver itself, on the same socket, when its result is
+    written: the template, which reports each child it reaps, stays off a
+    task's way. A task process holds no socket but its own, so that
+    whatever it writes there harms only its own report.
     A byte on the request pipe asks the template for one more standby: one
     for each standby taken, and two for a task that found none, one of
     them ahead, so that the driver has heard of a standby before a slot
@@ -1644,11 +1646,9 @@ class _ForkServer:
         self.backlog = []  # events received while `start` waited for a standby
         # A byte here has the selector deliver the backlog.
         self.pending, self.pending_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.reports = {}  # pid: the socket its task process reports its end on
         for fd in (self.channel, self.pending):
             selector.register(fd, 1, self._read_events)
-        # Children share the channel: the template's own end shows its death.
-        self.pidfd = os.pidfd_open(self.process.pid)
-        selector.register(self.pidfd, 1, self._died)
 
     def start(self, job):
         import select
@@ -1656,9 +1656,7 @@ class _ForkServer:
         if not handed:
             self._request(2)
         while not handed:
-            ready, _, _ = select.select([self.channel, self.pidfd], [], [])
-            if self.pidfd in ready:
-                self._died()
+            select.select([self.channel], [], [])
             refused = self._receive()
             handed = self._hand_out(job)
             if refused and not handed:  # the process limit: the supervisor tries again
@@ -1685,15 +1683,40 @@ class _ForkServer:
                                 [output])
             except OSError:  # that standby died; the template reports it
                 self.outputs.release(output, job.output)
+                connection.close()
                 continue
             finally:
-                connection.close()
                 self._request()  # to replace it, alive or not; after the task is on its way
             job.pid = pid
             self.jobs[pid] = job
             self.files[pid] = output, job.output
+            self.reports[pid] = connection
+            self.selector.register(connection, 1, lambda: self._reported(pid, connection))
             return True
         return False
+
+    def _reported(self, pid, connection):
+        """The task process wrote to its socket. It says so when its result
+        is written; anything else, or the socket's end, was the task's own
+        doing, and its end comes from the template."""
+        try:
+            said = connection.recv(1 << 12)
+        except OSError:
+            said = b''
+        job = self.jobs.get(pid)
+        if job is not None and os.path.exists(job.result):
+            del self.jobs[pid]
+            self._forget_report(pid)
+            return [('ended', job, 0)]
+        if not said:
+            self._forget_report(pid)
+        return []
+
+    def _forget_report(self, pid):
+        connection = self.reports.pop(pid, None)
+        if connection is not None:
+            self.selector.unregister(connection)
+            connection.close()
 
     def _died(self):
         raise RunforrestError('the forkserver template process died; run again, '
@@ -1709,8 +1732,8 @@ class _ForkServer:
         return events
 
     def _receive(self):
-        """Take in what the template and the children said, into the backlog;
-        return why the template could not fork, if it could not."""
+        """Take in what the template said, into the backlog; return why it
+        could not fork, if it could not."""
         import json
         import socket
         events, refused = self.backlog, None
@@ -1720,26 +1743,26 @@ class _ForkServer:
                                                      socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 return refused
-            if not message:
+            if not message:  # only the template holds the other end
                 self._died()
             event = json.loads(message)
             if 'standby' in event:
                 self.standbys.append((event['standby'], socket.socket(fileno=fds[0])))
-            elif 'ended' in event or 'reaped' in event:
-                # A child reports its own end; the template reports every child
-                # it reaps, whose group is then gone: a task's end may come twice.
-                pid = event.get('ended', event.get('reaped'))
+            elif 'reaped' in event:
+                # Its group is gone. Unless its task process told its end
+                # first (see `_reported`), this is how its end is known.
+                pid = event['reaped']
                 job = self.jobs.pop(pid, None)
                 if job is not None:
                     events.append(('ended', job, event['returncode']))
-                if 'reaped' in event:
-                    self._reaped(pid)
+                self._reaped(pid)
             elif 'refused' in event:
                 refused = event['refused']
             else:
                 raise RunforrestError(f'the forkserver template failed: {event["error"]}')
 
     def _reaped(self, pid):
+        self._forget_report(pid)
         if pid in self.files:
             self.outputs.release(*self.files.pop(pid))
             return
@@ -1754,13 +1777,15 @@ class _ForkServer:
         self.process.wait()
         for _, connection in self.standbys:
             connection.close()
+        for pid in list(self.reports):
+            self._forget_report(pid)
         for output, path in self.files.values():
             self.outputs.release(output, path)
         self.outputs.close()
-        for fd in (self.channel, self.pending, self.pidfd):
+        for fd in (self.channel, self.pending):
             self.selector.unregister(fd)
         self.channel.close()
-        for fd in (self.pending, self.pending_end, self.pidfd):
+        for fd in (self.pending, self.pending_end):
             os.close(fd)
 
 
@@ -1841,9 +1866,9 @@ class _Template:
             self._send({'refused': str(error)})
             return
         if pid == 0:
-            inherited = [self.requests, self.wakeup, self.wakeup_end,
-                         self.selector.fileno(), mine.detach()]
-            _forked_task(theirs, self.channel, self.config['sessionfile'], inherited)
+            inherited = [self.requests, self.wakeup, self.wakeup_end, self.selector.fileno(),
+                         self.channel.detach(), mine.detach()]
+            _forked_task(theirs, self.config['sessionfile'], inherited)
         theirs.close()
         try:
             os.setpgid(pid, 0)  # also done in the child: whoever is first
@@ -1870,9 +1895,9 @@ class _Template:
                         'returncode': os.waitstatus_to_exitcode(status)})
 
 
-def _forked_task(connection, channel, sessionfile, inherited):
-    """The life of a forked task process: wait for a task from the driver,
-    run it, and tell the driver that it ended; never returns.
+def _forked_task(connection, sessionfile, inherited):
+    """The life of a forked task process: wait for a task from the driver on
+    connection, run it, and tell the driver there that it ended; never returns.
 
     It needs no lifeline of its own: its template kills it when the driver
     dies, and the driver kills it when the template dies."""
@@ -1889,7 +1914,6 @@ def _forked_task(connection, channel, sessionfile, inherited):
         message, fds, _, _ = socket.recv_fds(connection, 1 << 16, 1)
         if not message:  # the driver is done: no task came
             os._exit(0)
-        connection.close()
         started = True
         todo, result = json.loads(message)
         os.dup2(fds[0], 1)
@@ -1909,9 +1933,9 @@ def _forked_task(connection, channel, sessionfile, inherited):
                 pass  # closed by the task
         if started:
             try:
-                channel.send(json.dumps({'ended': os.getpid(), 'returncode': code}).encode())
+                connection.send(b'ended')
             except OSError:
-                pass  # the driver is gone
+                pass  # the driver is gone, or the task closed the socket
         os._exit(code)
 
 

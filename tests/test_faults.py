@@ -14,7 +14,8 @@ Covered:
   arguments) arrives as UnpicklableException with type name, message and
   traceback; one that holds a lock keeps its type name.
 - a task segfaults, aborts, SIGKILLs itself (TaskCrashed naming the signal),
-  calls os._exit(3) (exit code 3), closes its stdout and stderr (still done).
+  calls os._exit(3) (exit code 3), closes its stdout and stderr (still done),
+  writes junk to every descriptor it has (still done, the run goes on).
 - a task hangs, alone, with a `sleep 1000` child, with a multiprocessing
   child: autokill kills the whole group, TaskTimeout says so.
 - a task uses too much memory: memory_limit kills it, TaskOutOfMemory.
@@ -387,6 +388,13 @@ def test_task_that_closes_stdout_and_stderr_still_succeeds(tasklist, start_metho
     assert task.errorvalue is None and task.returnvalue == 'fine'
     assert stored.returnvalue == 'fine'
     assert 'before closing' in tasklist.output(task)
+
+
+@pytest.mark.parametrize('start_method', START_METHODS)
+def test_task_that_writes_junk_to_its_descriptors_harms_only_itself(tasklist, start_method):
+    task, stored = run_batch(tasklist, defer(faulty.scribble_on_descriptors, 'fine'),
+                             start_method, expect='done')
+    assert task.returnvalue == stored.returnvalue == 'fine'
 
 
 # -- hanging ------------------------------------------------------------------
