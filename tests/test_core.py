@@ -177,7 +177,7 @@ def test_two_schedulers_on_one_list_overwrite_nothing(tmp_path, proc):
     if proc == 'without /proc':
         if os.geteuid() != 0:
             pytest.skip('hiding /proc in a mount namespace needs root')
-        command = ['unshare', '--mount', '--fork', 'sh', '-c',
+        command = ['unshare', '--mount', '--kill-child', 'sh', '-c',
                    'mount -t tmpfs none /proc && exec "$@"', 'sh', *command]
     env = dict(os.environ, PYTHONPATH=os.path.dirname(tasks_core.__file__))
     scheduled = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
