@@ -1611,8 +1611,9 @@ class _ForkServer:
     sends a task, with its output file, straight to a standby, and the
     standby tells the driver itself, on the same socket, when its result is
     written: the template, which reports each child it reaps, stays off a
-    task's way. A task process holds no socket but its own, so that
-    whatever it writes there harms only its own report.
+    task's way. A task process holds no socket but its own, and the driver
+    believes a report there only once the result is written, so that a task
+    that writes junk to its descriptors confuses nobody.
     A byte on the request pipe asks the template for one more standby: one
     for each standby taken, and two for a task that found none, one of
     them ahead, so that the driver has heard of a standby before a slot
