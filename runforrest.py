@@ -573,12 +573,11 @@ def _create(path, data):
     than a temporary name, which is created, linked and removed again. Where
     the filesystem or a missing /proc does not allow that, through a
     temporary name after all."""
-    directory = os.path.dirname(path)
     try:
-        fd = os.open(directory, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644)
+        fd = os.open(os.path.dirname(path), os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644)
     except OSError:
-        fd = None
-    if fd is not None:
+        pass  # the same again below, where an error that is real recurs
+    else:
         try:
             _write_all(fd, data)
             # A descriptor for src_dir_fd, though unused with an absolute path,
@@ -588,7 +587,7 @@ def _create(path, data):
         except FileExistsError:
             raise
         except OSError:
-            pass  # the same again below, where an error that is real recurs
+            pass  # as above
         finally:
             os.close(fd)
     temporary = _temporary(path)
