@@ -813,6 +813,7 @@ class TaskList:
         self._make_layout()
         self._next_index = self._highest_index() + 1
         self._unsynced = False
+        self._joining = None  # while a run of this object is iterated: its queue
         self._finalizer = None
         if post_clean:
             import shutil
@@ -885,7 +886,8 @@ class TaskList:
         """Write task, with optional metadata, to todo/; return its name.
 
         Names sort in schedule order, and `run` starts tasks in that order.
-        Does nothing (and returns None) on a list opened with
+        A task scheduled while a run of this object is being iterated (from
+        the loop's body, say) joins that run. Does nothing (and returns None) on a list opened with
         `noschedule_if_exist=True` that existed already.
         """
         if not isinstance(task, Task):
@@ -916,6 +918,8 @@ class TaskList:
             except FileNotFoundError:  # the list was cleaned away; start it anew
                 self._make_layout()
         self._unsynced = True
+        if self._joining is not None:
+            self._joining.append(name)
         if self.logfile:
             with open(self.logfile, 'a') as log:
                 log.write(f'{_now()} schedule {name}\n')
@@ -2172,6 +2176,7 @@ class Run:
                 in_flight = backend.adopt(tasklist._names('running'))
                 skip = set(leftovers) | in_flight
                 pending = deque(name for name in tasklist._names('todo') if name not in skip)
+                tasklist._joining = pending
                 report = _Report(tasklist, len(pending) + len(skip), len(in_flight),
                                  self.print_errors, self.progress, lock.publish)
                 attempts = {}
@@ -2193,6 +2198,7 @@ class Run:
                         filed.append(name)
                         yield task
                         del task  # hold one result at a time, however large
+                    fill()  # the loop's body may have scheduled more
                     if not backend.busy():
                         break
                     finished = []
@@ -2217,6 +2223,7 @@ class Run:
                             tasklist._settle(filed, spares)
                         filed, settled = [], time.monotonic()
             finally:
+                tasklist._joining = None
                 backend.close()
                 if settling:
                     settling.join()

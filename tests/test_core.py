@@ -450,3 +450,14 @@ def test_breaking_out_leaves_no_marks_of_running_tasks(tasklist):
         break
     assert tasklist._names('running') == []
     assert tasklist._names('todo') == ['00000002-sleep_forever']
+
+
+def test_a_task_scheduled_from_the_loop_body_joins_the_run(tasklist):
+    tasklist.schedule(defer(pow, 2, 1))
+    seen = []
+    for task in tasklist.run(nprocesses=1):
+        seen.append(task.returnvalue)
+        if task.returnvalue < 8:
+            tasklist.schedule(defer(pow, 2, len(seen) + 1))
+    assert seen == [2, 4, 8]
+    assert list(tasklist.todo_tasks()) == []
