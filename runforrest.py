@@ -8,15 +8,20 @@ or flood its output without harming anything but itself.
 A task is a file, and its life is a walk through the task list's directory::
 
     defer(f, x) ─► Task graph ─ schedule() ─► DIR/todo/00000001-f.pkl
+                 (a task scheduled before and used in this graph is a
+                  dependency: the file names it, instead of holding it)
                                                    │
-                          run(): one process per task, at most N at once
-                          python -m runforrest todo/00000001-f.pkl collect/00000001-f.pkl
+                     run(): waits until its dependencies are in done/
+                     (if one lands in fail/, it fails unrun: DependencyFailed)
+                                                   │
+                          one process per task, at most N at once
+                          python -m runforrest todo/00000001-f.pkl .runforrest/collect/00000001-f.pkl
                           (its stdout and stderr go to DIR/output/00000001-f.log)
                                                    │
                               the result, or, if the process died without one,
                               the supervisor's record of how it died
                                                    ▼
-                                    DIR/collect/00000001-f.pkl
+                                DIR/.runforrest/collect/00000001-f.pkl
                                                    │ the driver files it and yields it
                                                    ▼
                            DIR/done/00000001-f.pkl  or  DIR/fail/00000001-f.pkl
@@ -24,13 +29,15 @@ A task is a file, and its life is a walk through the task list's directory::
 Every file appears atomically (written aside, then moved into place), and a
 result is on disk before the task leaves todo/, so a crash of a task, of the
 driver or of the machine loses nothing: the next run files what reached
-collect/ and runs again what did not.
+collect/ and runs again what did not. Every file in todo/, done/ and fail/
+unpickles to its task (see "The file format"), and .runforrest/ holds all
+the drivers' working state.
 
 The module reads in that order: errors, the task graph, the file format, the
 store (`TaskList`), the task process, the supervisor that starts and polices
-task processes, the driver (`Run`), conveniences (`pmap`, progress), backends
-for more than one machine (`Slurm`, executors such as Dask), and the command
-line.
+task processes, the driver (`Run`, and the dependencies it waits for),
+conveniences (`pmap`, progress), backends for more than one machine
+(`Slurm`, executors such as Dask), and the command line.
 """
 
 if __name__ == '__main__':

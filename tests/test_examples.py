@@ -54,3 +54,15 @@ def test_map(tmp_path):
                  "autokill: ['NoneType', 'TaskTimeout'] after "):
         assert line in output
 
+
+
+def test_pipeline(tmp_path):
+    output = run_example('pipeline.py', tmp_path)
+    assert '00000002-dostuff: thing-0: 0' in output
+    assert '00000007-prepare: ValueError: item 3 cannot be prepared yet' in output
+    assert ('00000008-dostuff: DependencyFailed: not run, because its dependency '
+            '00000007-prepare failed: ValueError') in output
+    assert '00000011-summarize: DependencyFailed: not run' in output
+    assert 'retried: 00000007-prepare, 00000008-dostuff, 00000011-summarize' in output
+    assert output.count(' again: done') == 3
+    assert 'summary: thing-0: 0; thing-1: 1; thing-2: 4; thing-3: 9; thing-4: 16' in output
