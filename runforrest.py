@@ -2640,8 +2640,10 @@ class Run:
                         name = finished.popleft()
                         task, done = self._collect(name, report)
                         filed.append(name)
-                        # What waited for it goes first: it is nearer the end.
+                        # What waited for it goes first, as it is nearer the end,
+                        # and starts before the loop's body gets the task.
                         pending.extendleft(reversed(dependencies.filed(name, done)))
+                        fill()
                         yield task
                         del task  # hold one result at a time, however large
                     fill()  # the loop's body may have scheduled more

@@ -105,3 +105,7 @@ def schedule_pipeline(tasklist, items, bad_item):
             tasklist.schedule(result)
             results.append(result)
     return tasklist.schedule(defer(summarize, results)), blocked
+
+
+def big_bytes(megabytes):
+    return b'x' * (megabytes << 20)

@@ -187,3 +187,34 @@ def test_a_task_file_of_the_older_format_is_named_as_such(tmp_path):
         pickle.dump({'format': 1, 'state': 'todo', 'record_size': 10}, file)
     with pytest.raises(runforrest.TaskFileError, match='runforrest 1.0'):
         runforrest.read_task(path)
+
+
+def test_the_module_file_runs_a_task_as_the_original_readme_says(tmp_path):
+    # "python runforrest.py --do_raise infile outfile"
+    tasklist = TaskList(tmp_path / 'list')
+    name = tasklist.schedule(defer(tasks_core.fail, 'first hand'))
+    tasklist.flush()
+    done = subprocess.run([sys.executable, runforrest.__file__, '--do_raise',
+                           tasklist._path('todo', name), str(tmp_path / 'out.pkl')],
+                          env={**os.environ, 'PYTHONPATH': HERE}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.rstrip().endswith('ValueError: first hand')
+    assert 'in fail' in done.stderr
+    assert str(runforrest.read_task(tmp_path / 'out.pkl').errorvalue) == 'first hand'
+
+
+def test_the_original_readmes_task_examples(tmp_path):
+    import datetime
+    import numpy
+    evaluate = runforrest.evaluate
+    assert list(evaluate(defer(numpy.zeros, 5))) == [0.0] * 5
+    assert evaluate(defer(dict, alpha='a', beta='b')) == {'alpha': 'a', 'beta': 'b'}
+    assert evaluate(defer(lambda x: x, 42)) == evaluate(defer(42)) == 42
+    task1 = defer(Exception, 'an error message')
+    assert evaluate(defer(lambda x: x, task1.args[0])) == 'an error message'
+    tasklist = TaskList(tmp_path / 'list')
+    tasklist.schedule(task1.args[0], metadata={'date': datetime.date.today()})
+    [task] = tasklist.run(nprocesses=10, print_errors=True, autokill=300)
+    assert task.returnvalue == 'an error message'
+    assert task.metadata == {'date': datetime.date.today()}
