@@ -237,21 +237,30 @@ def test_globals_changed_in_this_process_are_seen(tmp_path):
         def helper(x):
             return x
 
-        def compute(x):
-            return helper(x) * SCALE, SETTINGS['mode']
+        def scaled(x):
+            return helper(x) * SCALE
+
+        def configured(x):
+            return scaled(x), SETTINGS['mode']
     ''')
-    keys = [_code_key(module.compute)]
+    keys = {name: [_code_key(getattr(module, name))] for name in ('scaled', 'configured')}
+
+    def changed(name):
+        keys[name].append(_code_key(getattr(module, name)))
+        return len(set(keys[name])) == len(keys[name])
+
     module.SCALE = 4
-    keys.append(_code_key(module.compute))
-    module.SETTINGS['mode'] = 'slow'  # in place
-    keys.append(_code_key(module.compute))
+    assert changed('scaled') and changed('configured')
     module.helper = lambda x: -x
-    keys.append(_code_key(module.compute))
-    module.SCALE = 3
-    module.SETTINGS['mode'] = 'fast'
-    del module.helper
-    keys.append(_code_key(module.compute))  # helper is missing: NameError when it runs
-    assert len(set(keys)) == len(keys)
+    assert changed('scaled') and changed('configured')
+    del module.helper  # missing: NameError when it runs
+    assert changed('scaled') and changed('configured')
+    module.SETTINGS['mode'] = 'slow'  # in place
+    assert changed('configured')
+    module.helper = keys  # a value now, a dict; changed in place
+    assert changed('scaled')
+    keys['another'] = []
+    assert changed('scaled')
 
 
 def test_resources_that_code_reads_count_by_their_type(tmp_path):
@@ -389,6 +398,13 @@ def test_the_record_of_hashed_files_spares_hashing_unchanged_files(tmp_path):
     assert runforrest._file_digest(data, files) == b'recorded'
     os.utime(data, ns=(10**18, 10**18 + 1))  # touched: hashed again
     assert runforrest._file_digest(data, files) == digest
+    # Other bytes of the same size, with the recorded modification time put
+    # back (as cp -p or rsync -t do): the change time tells.
+    os.utime(data, ns=(10**18, 10**18))
+    runforrest._file_digest(data, files)
+    data.write_bytes(os.urandom(1 << 20))
+    os.utime(data, ns=(10**18, 10**18))
+    assert runforrest._file_digest(data, files) != digest
 
 
 def test_a_missing_input_file_is_named(tmp_path):
