@@ -65,6 +65,7 @@ __all__ = [
     'TaskListBusy', 'TaskFileError', 'NotPicklable', 'TaskFailure',
     'TaskCrashed', 'TaskKilled', 'TaskTimeout', 'TaskOutOfMemory',
     'TaskLost', 'UnpicklableResult', 'UnpicklableException', 'DependencyFailed',
+    'File', 'NotKeyable',
 ]
 
 
@@ -112,6 +113,13 @@ class TaskFileError(TaskListError):
 class NotPicklable(RunforrestError, TypeError):
     """A function, argument or task cannot be pickled, so it cannot travel
     to another process. Attribute: `type_name`."""
+
+
+class NotKeyable(RunforrestError, TypeError):
+    """A value cannot be part of a task's key, because it cannot be known
+    deterministically: an open file, a lock, a generator, an object that
+    pickles differently each time. Attributes: `type_name`, and `where`
+    (which argument, and where inside it)."""
 
 
 class TaskFailure(RunforrestError):
@@ -505,6 +513,966 @@ def _label(task):
             break
     name = ''.join(c if c.isalnum() or c == '_' else '_' for c in str(name)).strip('_')
     return name[:40] or 'task'
+
+
+# ---------------------------------------------------------------------------
+# Keys: what a task's result depends on
+# ---------------------------------------------------------------------------
+#
+# A task's key is a digest of everything that its result depends on and that
+# runforrest can see, so that a task list can tell work already done from
+# work that is new or changed:
+#   - the code it calls (`_code_key`): the syntax of the functions, not their
+#     bytecode or their place in the file, and, transitively, the user's own
+#     functions and classes they reach through their globals and closures,
+#     with the values of the module-level data they read;
+#   - its arguments' values (`_value_key`), its input files' contents
+#     (`File`), and the keys, not the values, of the separately scheduled
+#     tasks it depends on (`_task_key`): a Merkle tree over the task graph.
+# Each part is written as a stream of tagged, length-prefixed tokens, and the
+# stream is hashed with SHA-256. Nothing in it depends on the process (no
+# ids, addresses, hash seeds, file names of scripts or dict orders that vary),
+# so a fresh interpreter running the same script computes the same keys.
+#
+# What a key cannot see: files a task opens by name (wrap inputs in File()),
+# environment variables, other programs, databases, the clock, code reached
+# only by name at run time (getattr, importlib, eval), and the code of the
+# standard library and of installed packages, which count by name only.
+# For those, a task's key takes values of the user's own (`extra` of
+# `_task_key`): a version string bumped by hand, a library's __version__,
+# File() objects for the files a helper reads by name.
+
+_KEY_DIGITS = 32  # hex digits of a key: 128 bits
+_HASH_CHUNK = 1 << 22  # bytes per leaf of the hash tree; changing it changes every key
+_SHARED_ARRAY_BYTES = 1 << 16  # arrays at least this big are hashed once per object
+_RACY_NANOSECONDS = 2_000_000_000  # a file changed this recently may change unseen
+
+
+class File(Value):
+    """An input file of a task: `defer(prepare, File('data/raw.csv'))`.
+
+    The task receives the path as it was given (a str or path-like). The
+    task's key covers that path and the file's content, not its timestamps:
+    a file that is touched, or replaced by a copy with the same bytes, keeps
+    its key; a file whose bytes changed gets a new one.
+
+    Hashing is skipped for a file whose size, modification and change times
+    and inode are as recorded when it was last hashed (see `_file_digest`),
+    so that an unchanged input of 10 GB costs a stat(), not a read.
+
+    >>> evaluate(defer(len, File('README.md'))) == len('README.md')
+    True
+    """
+
+    def __init__(self, path):
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise TypeError(f'File() takes the path of a file (a str or path-like '
+                            f'object), not {type(path).__name__} {_abbreviate(path)}')
+        super().__init__(path)
+
+
+def _buffer_digest(data):
+    """The digest of a C-contiguous buffer's bytes (see `_tree_digest`)."""
+    view = memoryview(data).cast('B')
+    return _tree_digest(len(view), lambda offset: view[offset:offset + _HASH_CHUNK])
+
+
+def _tree_digest(size, chunk):
+    """SHA-256 of size and of the SHA-256 of each _HASH_CHUNK bytes that
+    chunk(offset) returns, hashed in as many threads as there are cores:
+    hashlib lets go of the GIL while it hashes, so that one big array or file
+    is hashed at the speed of all the cores, yet its digest does not depend on
+    how many there are."""
+    import hashlib
+    offsets = range(0, size, _HASH_CHUNK)
+    digests = [b''] * len(offsets)
+    errors = []
+
+    def hash_every(step, first):
+        try:
+            for index in range(first, len(offsets), step):
+                digests[index] = hashlib.sha256(chunk(offsets[index])).digest()
+        except BaseException as error:
+            errors.append(error)
+
+    workers = min(len(offsets), len(os.sched_getaffinity(0)), 8)
+    if workers > 1:
+        import threading
+        threads = [threading.Thread(target=hash_every, args=(workers, first), daemon=True)
+                   for first in range(1, workers)]
+        for thread in threads:
+            thread.start()
+        hash_every(workers, 0)
+        for thread in threads:
+            thread.join()
+    else:
+        hash_every(1, 0)
+    if errors:
+        raise errors[0]
+    return hashlib.sha256(b'%d;' % size + b''.join(digests)).digest()
+
+
+def _file_signature(path):
+    """What changes whenever a file's content may have: size, modification
+    and change times and inode. The change time cannot be set by hand, so a
+    copy that keeps the modification time (cp -p, rsync -t) is hashed anew."""
+    import stat
+    status = os.stat(path)
+    if not stat.S_ISREG(status.st_mode):
+        raise IsADirectoryError(errno.EISDIR, 'not a regular file', path) \
+            if stat.S_ISDIR(status.st_mode) else \
+            OSError(errno.EINVAL, 'not a regular file', path)
+    return status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino
+
+
+def _file_digest(path, files=None):
+    """The digest of the content of the file at path.
+
+    files, if given, is the record of earlier hashing: a dict of absolute
+    path -> (size, mtime_ns, ctime_ns, inode, digest), read and updated here.
+    A file whose signature (`_file_signature`) is as recorded is not read
+    again. A file changed in the last two seconds is hashed but not recorded:
+    on file systems with coarse timestamps, a write right after the hashing
+    could leave its signature as it was. The record is plain data, for the
+    task list to keep in its own files.
+
+    A copy or a touched file has a new signature, is hashed again, and, if
+    its bytes are the same, has the same digest.
+    """
+    name = os.path.abspath(path)
+    for attempt in range(3):  # a file written while it is hashed is hashed again
+        before = _file_signature(name)
+        recorded = files.get(name) if files is not None else None
+        if recorded is not None and tuple(recorded[:-1]) == before:
+            return recorded[-1]
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            digest = _tree_digest(before[0], lambda offset: os.pread(fd, _HASH_CHUNK, offset))
+        finally:
+            os.close(fd)
+        after = _file_signature(name)
+        if after == before:
+            break
+    if files is not None and time.time_ns() - after[1] > _RACY_NANOSECONDS:
+        files[name] = (*after, digest)
+    return digest
+
+
+_ARRAY_DIGESTS = {}  # id(array) -> (weak reference, sample of its bytes, digest)
+
+
+def _array_digest(raw, array):
+    """The digest of raw, the bytes of array (a numpy array), hashed once per
+    array object: one array passed to 10,000 tasks is hashed once.
+
+    The cache holds a weak reference, so it keeps no array alive and an id
+    reused by a new array is not taken for the old one. An array changed in
+    place is noticed by a sample of its bytes (17 blocks of 256, evenly
+    spread): a change that none of them sees, such as a single element,
+    keeps the old digest. Pass a copy of an array that you change between
+    schedules."""
+    if raw.nbytes < _SHARED_ARRAY_BYTES:
+        return _buffer_digest(raw)
+    view = memoryview(raw).cast('B')
+    step = max(len(view) // 16, 1)
+    sample = b''.join([view[offset:offset + 256] for offset in range(0, len(view), step)]
+                      + [view[-256:]])
+    cached = _ARRAY_DIGESTS.get(id(array))
+    if cached is not None and cached[0]() is array and cached[1] == sample:
+        return cached[2]
+    import weakref
+    digest = _buffer_digest(view)
+
+    def forget(reference, identity=id(array)):
+        if _ARRAY_DIGESTS.get(identity, (None,))[0] is reference:
+            del _ARRAY_DIGESTS[identity]
+
+    _ARRAY_DIGESTS[id(array)] = (weakref.ref(array, forget), sample, digest)
+    return digest
+
+
+_LIBRARY_FILES = {}  # file name -> whether it belongs to a library
+
+
+def _is_library_file(filename):
+    """Whether code from filename is the standard library's, an installed
+    package's or runforrest's own: code that keys count by name, not by
+    content. Everything else, scripts, notebooks, a project's modules and
+    packages installed with `pip install -e`, is the user's own code."""
+    library = _LIBRARY_FILES.get(filename)
+    if library is None:
+        if filename.startswith('<'):  # <frozen ...> is the stdlib; <string>, <stdin> are not
+            library = filename.startswith('<frozen')
+        else:
+            import sysconfig
+            path = os.path.realpath(filename)
+            roots = {os.path.realpath(sysconfig.get_path(name)) + os.sep
+                     for name in ('stdlib', 'platstdlib')}
+            parts = path.split(os.sep)
+            library = ('site-packages' in parts or 'dist-packages' in parts
+                       or path == os.path.realpath(__file__)
+                       or any(path.startswith(root) for root in roots))
+        _LIBRARY_FILES[filename] = library
+    return library
+
+
+def _is_library_module(module):
+    if module.__name__ == _MAIN_MODULE:
+        return False
+    location = getattr(module, '__file__', None) or next(iter(getattr(module, '__path__', ())), None)
+    return location is None or _is_library_file(location)  # None: built into Python
+
+
+def _is_library_class(cls):
+    module = sys.modules.get(cls.__module__)
+    return module is not None and _is_library_module(module)
+
+
+class _Source:
+    """A user's source file, parsed and compiled once: its functions'
+    syntax by first line, and the code compiled from it, by which code
+    imported from an older version of the file is known."""
+
+    def __init__(self, lines, filename):
+        import ast
+        source = ''.join(lines)
+        self.tree = ast.parse(source, filename)
+        self.functions = {}  # (first line, name) -> def node
+        self.lambdas = {}  # line -> lambda nodes
+        for node in ast.walk(self.tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+                self.functions[first, node.name] = node
+            elif isinstance(node, ast.Lambda):
+                self.lambdas.setdefault(node.lineno, []).append(node)
+        self.codes = set()
+        todo = [compile(source, filename, 'exec', dont_inherit=True,
+                        optimize=sys.flags.optimize)]
+        while todo:
+            code = todo.pop()
+            self.codes.add(code)
+            todo.extend(const for const in code.co_consts if isinstance(const, type(code)))
+
+    def node_of(self, code):
+        """The syntax tree that code was compiled from, or None."""
+        if code not in self.codes:
+            return None
+        if code.co_name != '<lambda>':
+            return self.functions.get((code.co_firstlineno, code.co_name))
+        # Lambdas have no name: the one on its line with its parameters whose
+        # source span holds every instruction of the code.
+        nargs = (code.co_argcount + code.co_kwonlyargcount
+                 + bool(code.co_flags & 0x04) + bool(code.co_flags & 0x08))
+        parameters = sorted(code.co_varnames[:nargs])
+        spans = [(line, column, end_line, end_column)
+                 for line, end_line, column, end_column in code.co_positions()
+                 if None not in (line, end_line, column, end_column)
+                 and line >= code.co_firstlineno]
+        candidates = []
+        for node in self.lambdas.get(code.co_firstlineno, ()):
+            arguments = node.args
+            names = sorted(argument.arg for argument in
+                           [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs,
+                            *filter(None, [arguments.vararg, arguments.kwarg])])
+            if names == parameters and all(
+                    (node.lineno, node.col_offset) <= (line, column)
+                    and (end_line, end_column) <= (node.end_lineno, node.end_col_offset)
+                    for line, column, end_line, end_column in spans):
+                candidates.append(node)
+        return candidates[0] if len(candidates) == 1 else None
+
+
+_SOURCES = {}  # file name -> _Source, or None where there is none
+_CODE_INFO = {}  # code -> (digest of its syntax, the dotted global names it reads)
+
+
+def _code_info(code, module_globals):
+    """(digest, global names) of a user's code object, worked out once.
+
+    The digest is of the syntax tree of its source, without docstrings and
+    positions: a changed statement, constant, default or decorator changes
+    it; a comment, a docstring, blank lines or a move within the file do not.
+    Where there is no source to be had (code typed at the prompt, made by
+    exec(), or imported from a file that has changed since), the digest is of
+    the code object's instructions, constants and names instead: a move
+    within the file changes that one neither, a docstring does.
+    """
+    info = _CODE_INFO.get(code)
+    if info is None:
+        import ast
+        import hashlib
+        node = _source_node(code, module_globals)
+        if node is not None:
+            node = _without_docstrings(node)
+            syntax = b'ast' + ast.dump(node, include_attributes=False).encode()
+        else:
+            keyer = _Keyer()
+            keyer.bytecode(code)
+            syntax = b'code' + b''.join(keyer.out)
+        info = _CODE_INFO[code] = (hashlib.sha256(syntax).digest(), _global_names(code))
+    return info
+
+
+def _source_node(code, module_globals):
+    import linecache
+    filename = code.co_filename
+    for attempt in range(2):  # a second time with the file as it is now
+        if filename not in _SOURCES:
+            lines = linecache.getlines(filename, module_globals)
+            try:
+                _SOURCES[filename] = _Source(lines, filename) if lines else None
+            except (SyntaxError, ValueError):
+                _SOURCES[filename] = None
+        source = _SOURCES[filename]
+        node = source.node_of(code) if source is not None else None
+        if node is not None or attempt:
+            return node
+        linecache.checkcache(filename)
+        del _SOURCES[filename]
+
+
+def _without_docstrings(node):
+    import ast
+    import copy
+    node = copy.deepcopy(node)
+    for inner in ast.walk(node):
+        if isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) \
+                and inner.body and isinstance(inner.body[0], ast.Expr) \
+                and isinstance(inner.body[0].value, ast.Constant) \
+                and isinstance(inner.body[0].value.value, str):
+            inner.body = inner.body[1:]
+    return node
+
+
+def _global_names(code):
+    """The dotted names that code, and the code nested in it, read from its
+    globals, such as ('np', 'linalg', 'norm') or ('helper',), in order."""
+    import dis
+    names = {}
+    todo = [code]
+    while todo:
+        current = todo.pop(0)
+        dotted = None
+        for instruction in dis.get_instructions(current):
+            if instruction.opname in ('LOAD_GLOBAL', 'LOAD_NAME'):
+                if dotted:
+                    names[tuple(dotted)] = None
+                dotted = [instruction.argval]
+            elif instruction.opname in ('LOAD_ATTR', 'LOAD_METHOD') and dotted:
+                dotted.append(instruction.argval)
+            elif dotted:
+                names[tuple(dotted)] = None
+                dotted = None
+        if dotted:
+            names[tuple(dotted)] = None
+        todo.extend(const for const in current.co_consts if isinstance(const, type(code)))
+    return tuple(names)
+
+
+class _Absent:
+    """A global that is not there (the code would raise NameError), or an
+    empty closure cell."""
+
+
+_ABSENT = _Absent()
+
+
+def _contents(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:  # not filled yet
+        return _ABSENT
+
+
+def _same(items, others):
+    items = tuple(items)
+    return len(items) == len(others) and all(item is other for item, other in zip(items, others))
+
+
+def _look_up_global(namespace, dotted):
+    """(object, how many of the names led to it) for a dotted name read from
+    globals, followed through the user's own modules only."""
+    obj = namespace.get(dotted[0], _ABSENT)
+    if obj is _ABSENT:
+        builtins = namespace.get('__builtins__', __builtins__)
+        obj = (builtins if isinstance(builtins, dict) else vars(builtins)).get(dotted[0], _ABSENT)
+    walked = 1
+    while walked < len(dotted) and type(obj) is type(sys) and not _is_library_module(obj):
+        obj = getattr(obj, dotted[walked], _ABSENT)
+        walked += 1
+    return obj, walked
+_CLASS_SKIP = frozenset({'__dict__', '__weakref__', '__doc__', '__module__', '__qualname__',
+                         '__firstlineno__', '__static_attributes__'})
+
+
+class _Keyer:
+    """Writes values, code and files as a stream of tokens, in `out`.
+
+    Containers and objects being written are in `active`, by which a value
+    that contains itself is written as a reference back; functions and
+    classes already written are in `written`, so that recursion, mutual
+    recursion and shared helpers are written once.
+
+    Strict by default: a value that cannot be keyed deterministically raises
+    NotKeyable. What code reads from around it (globals, closures, defaults,
+    class attributes) is written leniently: such a value there, a lock or an
+    open file, say, counts by its type, since it is a resource of the code
+    rather than data given to it.
+    """
+
+    def __init__(self, files=None):
+        self.out = []
+        self.files = files
+        self.active = {}
+        self.written = {}
+        self.keep = []  # what `written` refers to by id, alive until we are done
+        self.lenient = False
+        self.checking = False  # within an object whose reduction is checked
+        self.checks = None  # while tokens are recorded for _FUNCTION_TOKENS
+        self.volatile = False  # whether they hold data that may change unseen
+
+    def value(self, obj):
+        write = _WRITERS.get(type(obj))
+        if write is None:
+            write = _writer_of(obj)
+        write(self, obj)
+
+    def text(self, tag, text):
+        data = text.encode('utf-8', 'surrogatepass')
+        self.out.append(b'%s%d:%s' % (tag, len(data), data))
+
+    def refuse(self, obj, reason):
+        if not self.lenient:
+            raise NotKeyable(reason, type_name=type(obj).__name__, path=[])
+        self.out.append(b'R')
+        self.value(type(obj))
+
+    # -- plain data
+
+    def constant(self, obj):
+        self.out.append(_CONSTANTS[obj])
+
+    def integer(self, obj):
+        self.out.append(b'i%d;' % obj)
+
+    def floating(self, obj):
+        import struct
+        self.out.append(b'f' + struct.pack('<d', obj))
+
+    def complex_number(self, obj):
+        import struct
+        self.out.append(b'c' + struct.pack('<dd', obj.real, obj.imag))
+
+    def string(self, obj):
+        self.text(b's', obj)
+
+    def binary(self, obj):
+        tag = b'b' if type(obj) is bytes else b'y'
+        self.volatile |= tag == b'y'
+        if len(obj) >= _SHARED_ARRAY_BYTES:
+            self.out.append(tag + b'#' + _buffer_digest(obj))
+        else:
+            self.out.append(b'%s%d:%s' % (tag, len(obj), obj))
+
+    def sequence(self, obj):
+        self.volatile |= type(obj) is list
+        identity = id(obj)
+        if identity in self.active:
+            self.out.append(b'@%d;' % self.active[identity])
+            return
+        self.active[identity] = len(self.active)
+        self.out.append(b'%s%d;' % (_SEQUENCE_TAGS[type(obj)], len(obj)))
+        try:
+            for index, item in enumerate(obj):
+                try:
+                    self.value(item)
+                except NotKeyable as error:
+                    error.path.insert(0, f'[{index}]')
+                    raise
+        finally:
+            del self.active[identity]
+
+    def mapping(self, obj):
+        # In order: a dict's order is part of its value to the code that
+        # iterates over it, so two orders are two keys, never one.
+        self.volatile = True
+        identity = id(obj)
+        if identity in self.active:
+            self.out.append(b'@%d;' % self.active[identity])
+            return
+        self.active[identity] = len(self.active)
+        self.out.append(b'{%d;' % len(obj))
+        try:
+            for key, item in obj.items():
+                self.value(key)
+                try:
+                    self.value(item)
+                except NotKeyable as error:
+                    error.path.insert(0, f'[{_abbreviate(key, 30)}]')
+                    raise
+        finally:
+            del self.active[identity]
+
+    def unordered(self, obj):
+        # Sorted by their tokens: a set's order varies with the hash seed.
+        self.volatile |= type(obj) is set
+        out, items = self.out, []
+        try:
+            for item in obj:
+                self.out = []
+                self.value(item)
+                items.append(b''.join(self.out))
+        finally:
+            self.out = out
+        items.sort()
+        self.out.append(b'%s%d;' % (b'<' if type(obj) is set else b'>', len(items)))
+        self.out.extend(items)
+
+    def array(self, array):
+        self.volatile = True
+        header = b'%s;%s;' % (str(array.dtype.descr).encode(), str(array.shape).encode())
+        if array.dtype.hasobject:
+            self.out.append(b'A' + header)
+            self.value(array.tolist())
+            return
+        import numpy
+        if array.flags.c_contiguous:
+            raw, order = array, b'C'
+        elif array.flags.f_contiguous:
+            raw, order = array.T, b'F'
+        else:
+            raw, order = numpy.ascontiguousarray(array), b'C'
+        raw = raw.reshape(-1).view(numpy.uint8)
+        self.out.append(b'a' + order + header + _array_digest(raw, array))
+
+    def file(self, file):
+        # A File as a value: the path it gives and the content it names.
+        path = file._args[0]
+        self.volatile = True
+        self.out.append(b'F')
+        self.value(path)
+        self.out.append(_file_digest(path, self.files))
+
+    def task(self, obj):
+        self.refuse(obj, 'it is a task inside a value that runforrest does not look into '
+                         '(a set, or an attribute of an object); pass the task as an '
+                         'argument, or inside a list, tuple or dict')
+
+    # -- code
+
+    def function(self, fun):
+        if self.written or self.active or self.checks is not None \
+                or fun.__globals__.get(fun.__name__) is not fun:
+            self.code_of(fun)
+            return
+        # A module's function, written first: its tokens do not depend on
+        # what came before, so they are kept, with checks that tell whether
+        # they still hold (see _FUNCTION_TOKENS).
+        cached = _FUNCTION_TOKENS.get(fun)
+        if cached is not None and all(holds() for holds in cached[2]):
+            tokens, written, checks = cached
+            self.out.append(tokens)
+            for obj in written:
+                self.seen(obj)
+            return
+        mark, self.checks, self.volatile = len(self.out), [], False
+        try:
+            self.code_of(fun)
+            if not self.volatile:
+                _FUNCTION_TOKENS[fun] = (b''.join(self.out[mark:]), list(self.keep), self.checks)
+        finally:
+            self.checks = None
+
+    def code_of(self, fun):
+        code = fun.__code__
+        if _is_library_file(code.co_filename):
+            self.text(b'L', f'{fun.__module__}.{fun.__qualname__}')
+            self.surrounding(getattr(fun, '__wrapped__', None))  # a library's decorator
+            return
+        if self.seen(fun):
+            return
+        digest, names = _code_info(code, fun.__globals__)
+        self.out.append(b'U' + digest)
+        defaults, kwdefaults = fun.__defaults__, fun.__kwdefaults__
+        contents = tuple(_contents(cell) for cell in fun.__closure__ or ())
+        if self.checks is not None:
+            self.checks.append(lambda: fun.__code__ is code and fun.__defaults__ is defaults
+                               and fun.__kwdefaults__ is kwdefaults
+                               and all(_contents(cell) is value for cell, value
+                                       in zip(fun.__closure__ or (), contents)))
+        lenient, self.lenient = self.lenient, True
+        try:
+            self.value(defaults)
+            self.value(kwdefaults)
+            for value in contents:
+                self.value(value)
+            for dotted in names:
+                self.global_value(fun.__globals__, dotted)
+        finally:
+            self.lenient = lenient
+
+    def global_value(self, namespace, dotted):
+        """Writes what a dotted name read from globals refers to: through
+        the user's own modules, down to the object; into a library's module,
+        not at all (the module counts by its name)."""
+        obj, walked = _look_up_global(namespace, dotted)
+        if self.checks is not None:
+            self.checks.append(lambda: _look_up_global(namespace, dotted)[0] is obj)
+        self.text(b'g', '.'.join(dotted[:walked]))
+        self.value(obj)
+
+    def surrounding(self, obj):
+        lenient, self.lenient = self.lenient, True
+        try:
+            self.value(obj)
+        finally:
+            self.lenient = lenient
+
+    def seen(self, obj):
+        """Whether obj, a function or class, is written already; writes a
+        reference to it if so."""
+        index = self.written.get(id(obj))
+        if index is not None:
+            self.out.append(b'@f%d;' % index)
+            return True
+        self.written[id(obj)] = len(self.written)
+        self.keep.append(obj)
+        return False
+
+    def bytecode(self, code):
+        """A code object without a source: its instructions, names and
+        constants, not its file name or positions."""
+        self.out.append(b'X' + code.co_code)
+        self.value((code.co_name, code.co_argcount, code.co_posonlyargcount,
+                    code.co_kwonlyargcount, code.co_flags, code.co_names,
+                    code.co_varnames, code.co_freevars, code.co_cellvars))
+        for const in code.co_consts:
+            if isinstance(const, type(code)):
+                self.bytecode(const)
+            else:
+                self.value(const)
+
+    def builtin(self, fun):
+        owner = fun.__self__
+        module = getattr(fun, '__module__', None)
+        if owner is None or type(owner) is type(sys):
+            self.text(b'B', f'{module}.{fun.__qualname__}')
+        else:  # a bound method of an object: [].append, '-'.join
+            self.text(b'b', f'{module or type(owner).__module__}.{fun.__qualname__}')
+            self.value(owner)
+
+    def method(self, method):
+        self.out.append(b'm')
+        self.value(method.__func__)
+        self.value(method.__self__)
+
+    def descriptor(self, obj):  # str.upper, object.__init__, (1).__add__
+        owner = getattr(obj, '__objclass__', None) or type(obj.__self__)
+        self.text(b'd', f'{owner.__module__}.{owner.__qualname__}.{obj.__name__}')
+        if hasattr(obj, '__self__'):
+            self.value(obj.__self__)
+
+    def module(self, module):
+        self.text(b'M', module.__name__)
+
+    def cls(self, cls):
+        if _is_library_class(cls):
+            self.text(b'C', f'{cls.__module__}.{cls.__qualname__}')
+            return
+        if self.seen(cls):
+            return
+        # The user's class: its name, metaclass, bases and attributes, sorted by
+        # name (dill may rebuild a class's namespace in another order).
+        self.text(b'K', cls.__qualname__)
+        if self.checks is not None:
+            bases, members = cls.__bases__, tuple(vars(cls).values())
+            self.checks.append(lambda: cls.__bases__ is bases and _same(vars(cls).values(), members))
+        self.value(type(cls))
+        self.value(cls.__bases__)
+        lenient, self.lenient = self.lenient, True
+        try:
+            namespace = vars(cls)
+            for name in sorted(set(namespace) - _CLASS_SKIP):
+                member = namespace[name]
+                self.text(b'n', name)
+                if isinstance(member, (staticmethod, classmethod)):
+                    self.out.append(b'S' if isinstance(member, staticmethod) else b'c')
+                    member = member.__func__
+                elif isinstance(member, property):
+                    self.out.append(b'P')
+                    member = (member.fget, member.fset, member.fdel)
+                self.value(member)
+        finally:
+            self.lenient = lenient
+
+    def other(self, obj):
+        """Any other object, by its reduction, as pickle would store it: the
+        callable that rebuilds it, with its arguments and state. Refused if
+        it cannot be pickled, or if it pickles differently a second time."""
+        self.volatile = True
+        reduced = self.reduce(obj)
+        if reduced is None:
+            return
+        if isinstance(reduced, str):  # stored by name, as a global
+            import pickle as pickling
+            module = getattr(obj, '__module__', None) or pickling.whichmodule(obj, reduced)
+            self.text(b'G', f'{module}.{reduced}')
+            return
+        identity = id(obj)
+        if identity in self.active:
+            self.out.append(b'@%d;' % self.active[identity])
+            return
+        self.active[identity] = len(self.active)
+        mark, written = len(self.out), self.written.copy()
+        checking, self.checking = self.checking, True
+        try:
+            self.reduction(obj, reduced)
+            if not checking:  # the outermost such object checks all within it
+                first = self.out[mark:]
+                del self.out[mark:]
+                self.written = written
+                again = self.reduce(obj)
+                if again is not None:
+                    self.reduction(obj, again)
+                if self.out[mark:] != first:
+                    del self.out[mark:]
+                    self.refuse(obj, 'it pickles differently each time, so its '
+                                     'value cannot be known from one run to the next')
+        finally:
+            self.checking = checking
+            del self.active[identity]
+
+    def reduce(self, obj):
+        import copyreg
+        try:
+            reducer = copyreg.dispatch_table.get(type(obj))
+            return reducer(obj) if reducer is not None else obj.__reduce_ex__(4)
+        except Exception as error:
+            self.refuse(obj, f'it cannot be pickled ({type(error).__name__}: {error})')
+
+    def reduction(self, obj, reduced):
+        rebuild, arguments, state, items, pairs = (tuple(reduced) + (None,) * 5)[:5]
+        self.out.append(b'r')
+        self.value(rebuild)
+        try:
+            self.value(arguments)
+            self.value(state)
+            self.value(None if items is None else list(items))
+            self.value(None if pairs is None else list(pairs))
+        except NotKeyable as error:
+            error.path.insert(0, f'<{type(obj).__name__}>')
+            raise
+
+
+_CONSTANTS = {None: b'N', True: b'T', False: b'F', Ellipsis: b'E', NotImplemented: b'I'}
+_SEQUENCE_TAGS = {tuple: b'(', list: b'['}
+
+
+def _writer_of(obj):
+    """The _Keyer method for obj's type, found by what it is; remembered for
+    types that can only be written one way."""
+    import types
+    kind = type(obj)
+    numpy = sys.modules.get('numpy')
+    if numpy is not None and kind is numpy.ndarray:
+        write = _WRITERS[kind] = _Keyer.array
+    elif isinstance(obj, type):
+        write = _Keyer.cls  # a metaclass's instance: ABCMeta, EnumMeta, ...
+    elif kind is File:
+        write = _WRITERS[kind] = _Keyer.file
+    elif isinstance(obj, Task):
+        write = _Keyer.task
+    elif isinstance(obj, (types.WrapperDescriptorType, types.MethodDescriptorType,
+                          types.ClassMethodDescriptorType, types.MethodWrapperType)):
+        write = _WRITERS[kind] = _Keyer.descriptor
+    else:
+        write = _Keyer.other
+    return write
+
+
+def _writers():
+    import types
+    writers = {kind: _Keyer.constant for kind in (type(None), bool, type(Ellipsis),
+                                                  type(NotImplemented))}
+    writers.update({int: _Keyer.integer, float: _Keyer.floating,
+                    complex: _Keyer.complex_number, str: _Keyer.string,
+                    bytes: _Keyer.binary, bytearray: _Keyer.binary,
+                    tuple: _Keyer.sequence, list: _Keyer.sequence, dict: _Keyer.mapping,
+                    set: _Keyer.unordered, frozenset: _Keyer.unordered,
+                    type: _Keyer.cls, types.FunctionType: _Keyer.function,
+                    types.BuiltinFunctionType: _Keyer.builtin,
+                    types.MethodType: _Keyer.method, types.ModuleType: _Keyer.module,
+                    _Absent: lambda keyer, absent: keyer.out.append(b'?')})
+    return writers
+
+
+_WRITERS = _writers()  # type -> _Keyer method; see also _writer_of
+
+# A module's function -> (its tokens when written first, the functions and
+# classes written with it, checks that they still hold: the code, defaults and
+# closures of the functions, the objects their globals name, the attributes of
+# the classes). Not kept when the tokens include data that may change in place
+# (lists, dicts, arrays, objects), which is then written anew every time; nor
+# for functions made on the fly (lambdas, closures), which would be kept alive.
+_FUNCTION_TOKENS = {}
+
+
+def _key_of(out):
+    import hashlib
+    return hashlib.sha256(b''.join(out)).hexdigest()[:_KEY_DIGITS]
+
+
+def _write(keyer, obj, describe):
+    """keyer.value(obj), with a refusal that says which value: describe()."""
+    try:
+        keyer.value(obj)
+    except NotKeyable as error:
+        where = describe() + (f', at {"".join(error.path)}' if error.path else '')
+        article = 'an' if error.type_name[:1].lower() in 'aeiou' else 'a'
+        raise NotKeyable(
+            f'cannot key {where}: {article} {error.type_name} cannot be part of a '
+            f"task's key, since {error}. A task's key is made from the values it is "
+            f'given, by which a task list knows whether it has run already; pass '
+            f'plain values instead (a list rather than a generator, a file name '
+            f'rather than an open file, in File() if the task reads it), or create '
+            f'such objects inside the task', type_name=error.type_name, where=where) from None
+
+
+def _value_key(obj, files=None):
+    """The key of a value: equal for equal values, in any process, any run.
+
+    Plain data counts by its structure and contents: None, bools, numbers,
+    str, bytes, tuples, lists and dicts in their order (a dict's order is
+    part of its value to code that iterates over it), and sets and frozensets
+    in no order. NumPy arrays count by dtype, shape and bytes, hashed in
+    parallel threads, once per array object (see `_array_digest`); bytes
+    objects of 64 KiB or more are hashed that way too, every time.
+    Functions and classes count by their code (`_code_key`), File objects
+    by their path and content (files: see `_file_digest`). Anything else
+    counts by its pickle's parts (`__reduce_ex__`): what rebuilds it, with
+    its arguments and state, keyed in turn.
+
+    Raises NotKeyable for a value that cannot be pickled (an open file, a
+    lock, a generator, a socket), or that pickles differently a second time.
+    An object whose pickle stays the same within a run but not across runs
+    (one that pickles its id(), say) is beyond what can be checked here.
+
+    >>> _value_key({'a': [1, 2.5], 'b': {3, 4}}) == _value_key({'a': [1, 2.5], 'b': {4, 3}})
+    True
+    >>> _value_key({'a': 1, 'b': 2}) == _value_key({'b': 2, 'a': 1})
+    False
+    """
+    keyer = _Keyer(files)
+    _write(keyer, obj, lambda: 'the value')
+    return _key_of(keyer.out)
+
+
+def _code_key(fun):
+    """The key of what calling fun runs.
+
+    A function of the user's own code (see `_is_library_file`) counts by the
+    syntax of its source (see `_code_info`), its defaults, the contents of
+    its closure, and what it reads from its globals: the user's functions
+    and classes transitively (recursion and cycles included), modules by
+    name, and module-level data by value, read anew on every call, so that a
+    constant changed between two schedules is seen. A function or class of
+    the standard library or an installed package counts by its qualified
+    name only, as do builtins; so changing a library's version changes no
+    key (add its `__version__` to the task's extra values if it should).
+    A class of the user's counts by its name, metaclass, bases and
+    attributes (methods by their code). A bound method counts by its
+    function and the value of its object; a functools.partial by its
+    function and arguments. Lambdas count by their syntax where their line
+    tells which lambda they are, else by their code object.
+
+    Functions that dill brought from another process's __main__ have the
+    same code, so the same key, as long as their source file is there to be
+    read. Results are cached per code object, so that keying 100,000 tasks
+    of one function reads its source once.
+    """
+    keyer = _Keyer()
+    _write(keyer, fun, lambda: f'the function {_abbreviate(fun)}')
+    return _key_of(keyer.out)
+
+
+def _task_key(task, dependency_keys=None, extra=None, files=None):
+    """The key of a task graph: a Merkle tree over its tasks.
+
+    Each task's key covers the code it calls, its arguments' values and its
+    dependencies' keys. dependency_keys maps the `_key` of tasks scheduled
+    on their own to their task keys: such a task counts by that key, not by
+    its value or its graph, which is not walked again. extra, if not None,
+    is a value added to the key of the root task: the escape hatch for what
+    a key cannot see (a version string bumped by hand, a library's
+    `__version__`, File() objects for files read by name). files is the
+    record of earlier file hashing (see `_file_digest`).
+
+    >>> prepare = defer(pow, 2, 10)
+    >>> key = _task_key(defer(abs, prepare))
+    >>> key == _task_key(defer(abs, defer(pow, 2, 10)))
+    True
+    >>> key == _task_key(defer(abs, prepare), {prepare._key: 'its key'})
+    False
+    >>> key == _task_key(defer(abs, prepare), extra='version 2')
+    False
+    """
+    known = dependency_keys if dependency_keys is not None else {}
+    keys = {}
+
+    def key_of(node):
+        return keys.get(node._key) or known.get(node._key)
+
+    stack = [task]
+    while stack:  # in postorder, stopping at the tasks whose keys are known
+        node = stack[-1]
+        if key_of(node) is not None:
+            stack.pop()
+            continue
+        missing = [dependency for dependency in node._dependencies()
+                   if key_of(dependency) is None]
+        if missing:
+            stack.extend(missing)
+            continue
+        stack.pop()
+        keys[node._key] = _node_key(node, key_of, files, extra if node is task else None)
+    return key_of(task)
+
+
+def _node_key(node, key_of, files, extra):
+    keyer = _Keyer(files)
+    if type(node) is File:
+        keyer.file(node)
+    else:
+        def write(value, describe):
+            if isinstance(value, Task):
+                keyer.out.append(b'D' + key_of(value).encode())
+            else:
+                _write(keyer, value, describe)
+
+        fun = node._fun
+        write(fun, lambda: f'the function {_abbreviate(fun)}')
+        keyer.out.append(b'%d;' % len(node._args))
+        for position, arg in enumerate(node._args):
+            write(arg, lambda: _argument_name(node, position))
+        for name in sorted(node._kwargs):
+            keyer.text(b'k', name)
+            write(node._kwargs[name], lambda: _argument_name(node, name))
+    if extra is not None:
+        keyer.out.append(b'+')
+        _write(keyer, extra, lambda: "the task's extra key values")
+    return _key_of(keyer.out)
+
+
+def _argument_name(node, which):
+    """Which argument of a task's node, in the words of the user's call."""
+    if isinstance(node, Value):
+        return 'the data'
+    if node._fun is _build:
+        return f'item {which - 1} of a {node._args[0].__name__} given to a task'
+    if node._fun is _build_dict:
+        return f'the value for {node._args[0][which - 1]!r} in a dict given to a task'
+    argument = f'argument {which}' if isinstance(which, int) else f'argument {which}='
+    return f'{argument} of {_describe(node._fun, 0) if isinstance(node._fun, Task) else _abbreviate(node._fun)}'
 
 
 # ---------------------------------------------------------------------------
