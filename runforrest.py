@@ -65,7 +65,7 @@ __all__ = [
     'TaskListBusy', 'TaskFileError', 'NotPicklable', 'TaskFailure',
     'TaskCrashed', 'TaskKilled', 'TaskTimeout', 'TaskOutOfMemory',
     'TaskLost', 'UnpicklableResult', 'UnpicklableException', 'DependencyFailed',
-    'File', 'NotKeyable',
+    'File', 'NotKeyable', 'MissingOutput',
 ]
 
 
@@ -160,6 +160,11 @@ class UnpicklableException(TaskFailure):
     `type_name` and `message`; the task's `traceback` is kept as well."""
 
 
+class MissingOutput(TaskFailure):
+    """The task ran, but did not write a file that `schedule(outputs=...)`
+    says it writes (`path`)."""
+
+
 class DependencyFailed(TaskFailure):
     """The task did not run, because a task it depends on failed, or its
     result is gone: `dependency` names that task, `error_type` and `error`
@@ -203,8 +208,9 @@ class Task:
 
     Names starting with an underscore are not deferred (they belong to
     Python's protocols), and neither are the names of a task's outcome:
-    `metadata`, `returnvalue`, `errorvalue`, `traceback`, `runtime` and
-    `taskname`, which are set on tasks that come back from a `TaskList`. To
+    `metadata`, `returnvalue`, `errorvalue`, `traceback`, `runtime`,
+    `taskname` and `reused`, which are set on tasks that come back from a
+    `TaskList`. To
     defer access to an attribute of one of those names, use
     `defer(getattr, task, 'returnvalue')`.
 
@@ -218,6 +224,7 @@ class Task:
     traceback = _Outcome()
     runtime = None
     taskname = None
+    reused = False
 
     def __init__(self, fun, args=(), kwargs=None):
         self._fun = fun
@@ -1628,7 +1635,7 @@ def _write_atomically(path, write, durable=True, temporary=None):
     """Write a file through a hidden temporary file, so that nobody ever sees
     half of it. durable: on disk before it appears. temporary: the path of
     the temporary file, if only one process ever writes path; a file there
-    is reused (see `TaskList._reuse`)."""
+    is reused (see `TaskList._use_spare`)."""
     if temporary is None:
         temporary = _temporary(path)
     try:
@@ -1908,12 +1915,147 @@ def _now():
     return time.strftime('%Y-%m-%d %H:%M:%S')
 
 
-def _finish_scheduling(directory):
-    """What ends a script's scheduling: its tasks made durable, and the
-    scheduling mark removed (see `TaskList.schedule`)."""
+def _finish_scheduling(directory, ledger):
+    """What ends a script's scheduling: its tasks made durable, what a reuse
+    list learned saved, and the scheduling mark removed (see
+    `TaskList.schedule`)."""
     if os.path.isdir(directory):
+        if ledger is not None:
+            ledger.save()
         _sync(directory)
     _unlink(os.path.join(directory, _WORKDIR, _SCHEDULING))
+
+
+class _Ledger:
+    """What a list opened with reuse=True knows of the work it holds: the
+    key of each of its tasks (from the files' indexes), the digests of the
+    files it hashed before (kept in .runforrest/files, so that an unchanged
+    file costs a stat), and the names that the script schedules, in order
+    (kept in .runforrest/current at the end of its scheduling: every other
+    task of the list is stale)."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.latest = {}  # key: (state, name, index) of the newest task with that key
+        self.indexes = {}  # name: the index of its file, for the tasks there were
+        self.files = self._load('files', {})
+        earlier = self._load('current', {}).get('scheduled', [])
+        self.slots = {}  # label: the names that the previous script scheduled with it
+        for name in earlier:
+            self.slots.setdefault(name.partition('-')[2], []).append(name)
+        self.counts = {}  # label: how often this script scheduled it yet
+        self.scheduled = []  # names, in the order this script schedules them
+        self.keys = {}  # name: key, of those
+        self.reused = set()
+        for state in STATES:
+            folder = os.path.join(directory, state)
+            for name in sorted(_names_in(folder), key=_schedule_order):
+                try:
+                    index = _header_of(os.path.join(folder, name + '.pkl'))
+                except (OSError, TaskFileError):
+                    continue
+                self.indexes[name] = index
+                if index.get('key') and state != 'fail':  # failures are never reused
+                    self.latest[index['key']] = (state, name, index)
+
+    def _path(self, what):
+        return os.path.join(self.directory, _WORKDIR, what)
+
+    def _load(self, what, default):
+        try:
+            with open(self._path(what), 'rb') as file:
+                return pickle.load(file)
+        except (OSError, pickle.UnpicklingError, EOFError):
+            return default
+
+    def save(self):
+        current = {'scheduled': self.scheduled, 'reused': sorted(self.reused)}
+        for what, value in (('files', self.files), ('current', current)):
+            _write_atomically(self._path(what),
+                              lambda file: file.write(pickle.dumps(value, pickle.HIGHEST_PROTOCOL)))
+
+    def match(self, key):
+        """(state, name) of a task with this key that need not run again,
+        or None; a done task only while its outputs are as it left them."""
+        state, name, index = self.latest.get(key, (None, None, None))
+        if state == 'done' and self._changed_output(index):
+            return None
+        return (state, name) if state else None
+
+    def _changed_output(self, index):
+        for path, digest in (index.get('output_digests') or {}).items():
+            try:
+                if _file_digest(path, self.files) != digest:
+                    return path
+            except OSError:
+                return path
+        return None
+
+    def add(self, name, key, reused):
+        self.scheduled.append(name)
+        self.keys[name] = key
+        if reused:
+            self.reused.add(name)
+
+    def counterpart(self, task):
+        """The task that the same call of the previous script scheduled: the
+        one with the same function, as often scheduled before it; or None."""
+        label = _label(task)
+        ordinal = self.counts[label] = self.counts.get(label, 0) + 1
+        earlier = self.slots.get(label, [])
+        return earlier[ordinal - 1] if ordinal <= len(earlier) else None
+
+    def why(self, counterpart, key, parts):
+        """Why a task with a new key runs: what differs from its counterpart."""
+        if counterpart not in self.indexes:
+            return 'new'
+        index = self.indexes[counterpart]
+        if index.get('key') == key:
+            if index['state'] == 'fail':
+                return 'failed before'
+            return f'output {self._changed_output(index)} missing or changed'
+        before = index.get('parts') or {}
+        if before.get('code') != parts['code']:
+            return f'code of {parts["function"]} changed'
+        for which, (kind, detail, part) in parts['arguments'].items():
+            if before.get('arguments', {}).get(which) == (kind, detail, part):
+                continue
+            if kind == 'dependency':
+                return f'dependency {detail} ran again'
+            return f'input file {detail} changed' if kind == 'file' else f'argument {which} changed'
+        return 'its extra key values changed'
+
+
+def _key_parts(task, cut, dependency_keys, files, extra):
+    """The parts of a task's key that `_Ledger.why` compares: the code that
+    its root calls, the key of each of its arguments, with the dependency
+    each depends on, or the input file it is, and the extra values."""
+    fun = task._fun
+    if isinstance(fun, Task):
+        code, function = _task_key(fun, dependency_keys, files=files), _label(task)
+    else:
+        code = _code_key(fun)
+        function = f'{getattr(fun, "__module__", "?")}.{getattr(fun, "__qualname__", _label(task))}'
+    arguments = {}
+    for which, arg in [*enumerate(task._args), *sorted(task._kwargs.items())]:
+        if not isinstance(arg, Task):
+            arguments[str(which)] = ('value', None, _value_key(arg, files))
+            continue
+        inside = [cut[node._key] for node in _postorder(arg, lambda node: node._key in cut)
+                  if node._key in cut]
+        kind, detail = ('dependency', inside[0]) if inside else \
+            ('file', os.fspath(arg._args[0])) if type(arg) is File else ('value', None)
+        arguments[str(which)] = (kind, detail, _task_key(arg, dependency_keys, files=files))
+    return {'function': function, 'code': code, 'arguments': arguments,
+            'extra': _value_key(extra, files)}
+
+
+def _names_in(folder):
+    try:
+        return [entry[:-4] for entry in os.listdir(folder)
+                if entry.endswith('.pkl') and not entry.startswith('.')]
+    except FileNotFoundError:
+        return []
 
 
 class TaskList:
@@ -1932,6 +2074,13 @@ class TaskList:
         the end of a `with` block).
     logfile: write the tasks' output and a line per schedule, start,
         success and failure there, instead of to the terminal.
+    reuse: keep the list as it is if it exists (else create it), and run
+        again only what is new or changed: a task whose key (see
+        `schedule`) matches a task that is done, or waiting in todo/, is
+        not scheduled again, and `run` yields it with its stored result and
+        `reused` True. Tasks of the list that the script does not schedule
+        (any more) are stale: `run` leaves them alone, and
+        `clean(stale=True)` removes them.
     noschedule_if_exist: if the directory already holds a task list, keep
         it as it is and make `schedule` do nothing, so that the same script
         resumes the remaining todo tasks after a crash. If the script that
@@ -1944,9 +2093,13 @@ class TaskList:
     """
 
     def __init__(self, directory, exist_ok=False, pre_clean=True,
-                 post_clean=False, logfile=None, noschedule_if_exist=False):
+                 post_clean=False, logfile=None, noschedule_if_exist=False, reuse=False):
+        if reuse and noschedule_if_exist:
+            raise ValueError('reuse=True runs again what changed, noschedule_if_exist=True '
+                             'schedules nothing: choose one of them')
         self.directory = os.path.abspath(os.fspath(directory))
         self.logfile = logfile
+        self._reusing, self._ledger = reuse, None  # see _Ledger
         self._noschedule = False
         self._replay = None  # names that schedule() takes up again (see noschedule_if_exist)
         if os.path.exists(self.directory) and not self._is_empty_directory():
@@ -1958,6 +2111,8 @@ class TaskList:
             if noschedule_if_exist:
                 self._replay = self._scheduled_before_the_cut()
                 self._noschedule = self._replay is None
+            elif reuse:
+                pass
             elif not exist_ok:
                 raise TaskListExists(
                     f'task list {self.directory} exists already; pass '
@@ -2028,15 +2183,13 @@ class TaskList:
 
     def _names(self, state):
         """The task names in one directory, in schedule order; loads nothing."""
+        if state != 'running':
+            return sorted(_names_in(self._folder(state)), key=_schedule_order)
         try:
             entries = os.listdir(self._folder(state))
         except FileNotFoundError:
             return []
-        if state == 'running':
-            return sorted((n for n in entries if not n.startswith('.')), key=_schedule_order)
-        return sorted((n[:-4] for n in entries
-                       if n.endswith('.pkl') and not n.startswith('.')),
-                      key=_schedule_order)
+        return sorted((n for n in entries if not n.startswith('.')), key=_schedule_order)
 
     def _highest_index(self):
         return max((_index_of(name) for state in STATES + ('collect',)
@@ -2058,7 +2211,7 @@ class TaskList:
 
     # -- scheduling ----------------------------------------------------------
 
-    def schedule(self, task, metadata=None, after=()):
+    def schedule(self, task, metadata=None, after=(), outputs=(), version=None):
         """Write task, with optional metadata, to todo/; return its name.
 
         Names sort in schedule order, and `run` starts tasks in that order.
@@ -2080,6 +2233,19 @@ class TaskList:
         >>> [task.returnvalue for task in tasklist.run(nprocesses=2)][-1]
         14
 
+        On a list opened with reuse=True, every task gets a key, which
+        covers the code it calls (the syntax of the user's own functions,
+        and of what they reach), its arguments' values, the contents of its
+        input files (wrapped in `File`), its dependencies' keys, `version`
+        (any value, for what the key cannot see: a string bumped by hand, a
+        library's __version__, File objects of files read by name) and
+        `outputs`. A task whose key matches a done or todo task is not
+        scheduled again (see `TaskList`); the name of that task is returned.
+        `outputs` names the files the task writes: they must exist when it
+        ends (else it fails with `MissingOutput`), and it is reused only
+        while they are unchanged. An argument that cannot be keyed raises
+        `NotKeyable`.
+
         A task scheduled while a run of this object is being iterated (from
         the loop's body, say) joins that run. On a list opened with
         `noschedule_if_exist=True` that existed already, schedule does
@@ -2095,6 +2261,16 @@ class TaskList:
         if self._replay:
             return self._take_up(task)
         cut, dependencies = self._dependencies(task, after)
+        if isinstance(outputs, (str, os.PathLike)):
+            outputs = [outputs]
+        outputs = [os.path.abspath(os.fspath(path)) for path in outputs]
+        key = None
+        if self._reusing:
+            key, parts = self._key(task, cut, dependencies, outputs, version)
+            counterpart = self._ledger.counterpart(task)
+            match = self._ledger.match(key)
+            if match is not None:
+                return self._reuse_task(task, key, *match)
         try:
             record = _dumps({'task': _rebuild(_flatten(task, cut)) if cut else task,
                              'metadata': metadata})
@@ -2106,6 +2282,10 @@ class TaskList:
                  'cwd': os.getcwd(), 'tasklist': self.directory}
         if dependencies:
             index['after'] = dependencies
+        if outputs:
+            index['outputs'] = outputs
+        if key is not None:
+            index.update(key=key, parts=parts, why=self._ledger.why(counterpart, key, parts))
         data = _todo_bytes(record, index)
         label = _label(task)
         self._begin_scheduling()
@@ -2120,11 +2300,45 @@ class TaskList:
             except FileNotFoundError:  # the list was cleaned away; start it anew
                 self._make_layout()
         task.__dict__.setdefault('_scheduled', {})[self.directory] = name
+        if self._ledger is not None:
+            self._ledger.add(name, key, reused=False)
         if self._joining is not None:
             self._joining.append(name)
         if self.logfile:
             with open(self.logfile, 'a') as log:
                 log.write(f'{_now()} schedule {name}\n')
+        return name
+
+    def _key(self, task, cut, dependencies, outputs, version):
+        """task's key, and the parts of it that tell why it runs (see
+        `_Ledger.why`), on a list opened with reuse=True."""
+        if self._ledger is None:
+            self._make_layout()
+            self._ledger = _Ledger(self.directory)
+        keys = {name: self._key_of(name) for name in dependencies}
+        dependency_keys = {node: keys[name] for node, name in cut.items()}
+        files = self._ledger.files
+        extra = (version, [keys[name] for name in dependencies if name not in cut.values()],
+                 outputs)
+        key = _task_key(task, dependency_keys, extra=extra, files=files)
+        return key, _key_parts(task, cut, dependency_keys, files, extra)
+
+    def _key_of(self, name):
+        key = self._ledger.keys.get(name) or self._ledger.indexes.get(name, {}).get('key')
+        if key is None:
+            raise NotKeyable(f'the task depends on {name}, which has no key, as it was '
+                             f'scheduled on a list without reuse=True: schedule it again '
+                             f'on this one', type_name='Task', where=name)
+        return key
+
+    def _reuse_task(self, task, key, state, name):
+        """Stand for the task name, which has the same key, instead of
+        scheduling task again."""
+        task.__dict__.setdefault('_scheduled', {})[self.directory] = name
+        self._begin_scheduling()
+        self._ledger.add(name, key, reused=state == 'done')
+        if self._joining is not None:
+            self._joining.append(name)
         return name
 
     def _begin_scheduling(self):
@@ -2141,7 +2355,8 @@ class TaskList:
                 mark.write(str(self._next_index))
         except FileExistsError:
             pass  # a scheduling cut short before, taken up now: its start stays
-        self._scheduling = weakref.finalize(self, _finish_scheduling, self.directory)
+        self._scheduling = weakref.finalize(self, _finish_scheduling, self.directory,
+                                            self._ledger)
 
     def _take_up(self, task):
         """Stand for the task that this call scheduled in the script that was
@@ -2275,6 +2490,26 @@ class TaskList:
         yield from self.done_tasks()
         yield from self.fail_tasks()
 
+    def _reused(self, name):
+        """The done task name, which a run yields instead of running it
+        again, or None if its file is gone since."""
+        try:
+            task = read_task(self._path('done', name), outcome=False)
+        except TaskFileError:
+            return None
+        task.reused = True
+        return task
+
+    def _current(self, reused=False):
+        """The names that the script of a reuse list schedules (with
+        reused=True, those of them that were done before; see `_Ledger`),
+        or None if no script ever scheduled it with reuse=True."""
+        try:
+            with open(self._work_path('current'), 'rb') as file:
+                return set(pickle.load(file)['reused' if reused else 'scheduled'])
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError):
+            return None
+
     def _dependents(self, name):
         """The tasks that depend on the task name, in schedule order."""
         dependents = []
@@ -2327,10 +2562,20 @@ class TaskList:
                                     path=self._path('fail', name), reason='missing') from None
         return moved
 
-    def clean(self, clean_todo=True, clean_done=True, clean_fail=True):
+    def clean(self, clean_todo=True, clean_done=True, clean_fail=True, stale=False):
         """Remove the tasks of the chosen states (and their output). Removing
-        all of them removes the directory; the list stays usable."""
+        all of them removes the directory; the list stays usable. With
+        stale=True, remove only the stale tasks of a reuse list, those that
+        its script no longer schedules (see `TaskList`), in every state."""
         with self._driver_lock():
+            if stale:
+                current = self._current() or set()
+                for state in STATES:
+                    for name in self._names(state):
+                        if name not in current:
+                            _unlink(self._path(state, name))
+                            _unlink(self._path('output', name))
+                return
             if clean_todo and clean_done and clean_fail:
                 import shutil
                 shutil.rmtree(self.directory, ignore_errors=True)
@@ -2405,7 +2650,7 @@ class TaskList:
 
         One sync for many results is the cheap way to make them durable;
         until it happens, a task stays in todo/, so that nothing is lost.
-        With a deque of spares, the todo files are kept there for `_reuse`:
+        With a deque of spares, the todo files are kept there for `_use_spare`:
         on some filesystems (ext4 without a journal, after many removals),
         creating a file costs a millisecond, and renaming one microseconds."""
         if names:
@@ -2422,7 +2667,7 @@ class TaskList:
                 except FileNotFoundError:
                     pass
 
-    def _reuse(self, spares, name):
+    def _use_spare(self, spares, name):
         """Put a spare file (see `_settle`) where the task's result is written first."""
         while spares:
             try:
@@ -2534,7 +2779,7 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
     sessionfile = sessionfile and os.path.abspath(sessionfile)  # before the chdir
     home = os.path.dirname(os.path.dirname(os.path.abspath(taskfile)))
     started = time.monotonic()
-    header, record, damaged = {}, b'', False
+    header, record, damaged, fields = {}, b'', False, {}
     try:
         with _open_taskfile(taskfile) as file:
             try:
@@ -2557,6 +2802,12 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
             damaged = True
             raise
         outcome = {'returnvalue': evaluate(task)}
+        for path in header.get('outputs', ()):
+            if not os.path.exists(path):
+                raise MissingOutput(f'the task did not write {path}, which schedule(outputs=...) '
+                                    f'says it writes', path=path)
+        if header.get('outputs'):
+            fields['output_digests'] = {path: _file_digest(path) for path in header['outputs']}
     except BaseException as error:
         if isinstance(error, TaskFileError) and error.reason == 'missing':
             raise
@@ -2564,13 +2815,13 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
     runtime = time.monotonic() - started
     try:
         _write_result(resultfile, header, record, outcome, durable,
-                      runtime=runtime, damaged=damaged)
+                      runtime=runtime, damaged=damaged, **fields)
     except OSError as failure:  # a full disk, say: a smaller result may still fit
         outcome = {'errorvalue': OSError(failure.errno, f'cannot write the result to '
                                          f'{resultfile}: {failure.strerror}'),
                    'traceback': None}
         _write_result(resultfile, header, record, outcome, durable,
-                      runtime=runtime, damaged=damaged)
+                      runtime=runtime, damaged=damaged, **fields)
     error = outcome.get('errorvalue')
     if error is not None:
         if do_print:
@@ -3558,7 +3809,11 @@ class Run:
         self.preload, self.executor = list(preload), executor
 
     def __len__(self):
-        return len(set(self.tasklist._names('todo')) | set(self.tasklist._names('collect')))
+        tasklist, ledger = self.tasklist, self.tasklist._ledger
+        names = set(tasklist._names('todo')) | set(tasklist._names('collect'))
+        if ledger is None:
+            return len(names)
+        return len(names & set(ledger.scheduled)) + len(ledger.reused)
 
     def __iter__(self):
         return self._drive()
@@ -3578,7 +3833,13 @@ class Run:
                 leftovers = tasklist._tidy()
                 in_flight = backend.adopt(tasklist._names('running'))
                 skip = set(leftovers) | in_flight
-                todo = [name for name in tasklist._names('todo') if name not in skip]
+                # On a reuse list, what its script schedules; the rest is stale.
+                ledger = tasklist._ledger
+                current = None if ledger is None else set(ledger.scheduled)
+                todo = [name for name in tasklist._names('todo')
+                        if name not in skip and (current is None or name in current)]
+                reused = deque(() if ledger is None else
+                               (name for name in ledger.scheduled if name in ledger.reused))
                 finished = deque(leftovers)  # to file and yield
                 dependencies = _Dependencies(tasklist, [*todo, *skip], unrun=finished)
                 pending = deque(name for name in todo if dependencies.add(name))
@@ -3590,13 +3851,16 @@ class Run:
 
                 def fill():
                     for name in joined:
-                        report.joined()
-                        if dependencies.add(name):
-                            pending.append(name)
+                        if ledger is not None and name in ledger.reused:
+                            reused.append(name)
+                        elif name not in dependencies.unfinished:  # a todo task, unless reused
+                            report.joined()
+                            if dependencies.add(name):
+                                pending.append(name)
                     joined.clear()
                     while pending and backend.has_room():
                         name = pending.popleft()
-                        tasklist._reuse(spares, name)
+                        tasklist._use_spare(spares, name)
                         backend.start(name)
                         running.add(name)
                         report.started(name)
@@ -3604,6 +3868,11 @@ class Run:
 
                 fill()
                 while True:
+                    while reused:
+                        task = tasklist._reused(reused.popleft())
+                        if task is not None:
+                            yield task
+                        del task
                     while finished:
                         name = finished.popleft()
                         task, done = self._collect(name, report)
@@ -3612,6 +3881,8 @@ class Run:
                         # and starts before the loop's body gets the task.
                         pending.extendleft(reversed(dependencies.filed(name, done)))
                         fill()
+                        if current is not None and name not in current:
+                            continue  # stale: filed, not yielded
                         yield task
                         del task  # hold one result at a time, however large
                     fill()  # the loop's body may have scheduled more
@@ -4326,6 +4597,8 @@ def _command_parser():
     clean.add_argument('directory')
     for state in STATES:
         clean.add_argument(f'--{state}', action='store_true', help=f'remove the {state} tasks')
+    clean.add_argument('--stale', action='store_true',
+                       help='remove the tasks that the script of a reuse list no longer schedules')
     return parser
 
 
@@ -4392,6 +4665,13 @@ def _status_command(args):
         f'{data[state]} {state}' for state in STATES + ('running',))]
     if data['waiting']:
         lines.append(f'waiting: {data["waiting"]} of the todo tasks wait for their dependencies')
+    if data['stale']:
+        lines.append(f'stale: {data["stale"]} tasks that the script no longer schedules '
+                     f'(runforrest clean --stale removes them)')
+    if data['why']:
+        lines.append('ran because:')
+        for why, count in sorted(data['why'].items(), key=lambda item: -item[1]):
+            lines.append(f'  {count:6d}  {why}')
     if data['driver']:
         driver = data['driver']
         lines.append(f'driver: pid {driver.get("pid")} on {driver.get("host")}, '
@@ -4426,6 +4706,11 @@ def _status(tasklist):
         except (OSError, TaskFileError):
             continue
         data['waiting'] += any(other not in done for other in after)
+    current = tasklist._current()
+    data['stale'] = 0 if current is None else sum(
+        name not in current for state in STATES for name in tasklist._names(state))
+    data['why'] = {}  # on a reuse list: why the tasks that its script schedules run
+    ran = current and current - tasklist._current(reused=True)
     runtimes, failures = [], {}
     for state in ('done', 'fail'):
         for name in tasklist._names(state):
@@ -4436,6 +4721,8 @@ def _status(tasklist):
                 header = {'error_type': 'TaskFileError', 'error': f'{path} cannot be read'}
             if header.get('runtime') is not None:
                 runtimes.append(header['runtime'])
+            if header.get('why') and ran and name in ran:
+                data['why'][header['why']] = data['why'].get(header['why'], 0) + 1
             if state == 'fail':
                 group = failures.setdefault(header.get('error_type') or '?', {
                     'count': 0, 'example': name, 'message': header.get('error'), 'tasks': []})
@@ -4508,7 +4795,8 @@ def _show_command(args):
     _adopt(header, chdir=False)
     name = _name_of(path)
     data = {'name': name, 'state': header['state'], 'file': path,
-            'runtime': header.get('runtime'), 'error': header.get('error')}
+            'runtime': header.get('runtime'), 'error': header.get('error'),
+            'key': header.get('key'), 'why': header.get('why')}
     try:
         task = read_task(path)
         data.update(call=_describe(task, depth=3), metadata=task.metadata,
@@ -4532,6 +4820,9 @@ def _show_command(args):
     else:
         text.append(f'call      {data["call"]}')
         text.append(f'metadata  {_abbreviate(data["metadata"], 200)}')
+    if data['why']:
+        text.append(f'ran, as   {data["why"]}' if data['state'] != 'todo' else
+                    f'runs, as  {data["why"]}')
     if data['dependencies']:
         text.append(f'after     {", ".join(data["dependencies"])}')
     if data['dependents']:
@@ -4550,6 +4841,10 @@ def _show_command(args):
 
 def _clean_command(args):
     tasklist = TaskList.open(args.directory)
+    if args.stale:
+        tasklist.clean(stale=True)
+        print(f'removed the stale tasks of {tasklist.directory}')
+        return 0
     chosen = [getattr(args, state) for state in STATES]
     if not any(chosen):
         chosen = [True] * len(STATES)
