@@ -2302,6 +2302,7 @@ class TaskList:
         task.__dict__.setdefault('_scheduled', {})[self.directory] = name
         if self._ledger is not None:
             self._ledger.add(name, key, reused=False)
+            self._ledger.latest[key] = ('todo', name, index)
         if self._joining is not None:
             self._joining.append(name)
         if self.logfile:
