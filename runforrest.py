@@ -1936,8 +1936,8 @@ class _Ledger:
 
     def __init__(self, directory):
         self.directory = directory
-        self.latest = {}  # key: (state, name, index) of the newest task with that key
-        self.indexes = {}  # name: the index of its file, for the tasks there were
+        self.latest = {}  # key: (state, name) of the newest task with that key
+        self.found = {}  # name: (state, key, whether it has outputs), of the tasks there were
         self.files = self._load('files', {})
         earlier = self._load('current', {}).get('scheduled', [])
         self.slots = {}  # label: the names that the previous script scheduled with it
@@ -1954,9 +1954,13 @@ class _Ledger:
                     index = _header_of(os.path.join(folder, name + '.pkl'))
                 except (OSError, TaskFileError):
                     continue
-                self.indexes[name] = index
+                self.found[name] = (state, index.get('key'), bool(index.get('outputs')))
                 if index.get('key') and state != 'fail':  # failures are never reused
-                    self.latest[index['key']] = (state, name, index)
+                    self.latest[index['key']] = (state, name)
+
+    def _index(self, name):
+        state = self.found[name][0]
+        return _header_of(os.path.join(self.directory, state, name + '.pkl'))
 
     def _path(self, what):
         return os.path.join(self.directory, _WORKDIR, what)
@@ -1977,8 +1981,9 @@ class _Ledger:
     def match(self, key):
         """(state, name) of a task with this key that need not run again,
         or None; a done task only while its outputs are as it left them."""
-        state, name, index = self.latest.get(key, (None, None, None))
-        if state == 'done' and self._changed_output(index):
+        state, name = self.latest.get(key, (None, None))
+        if state == 'done' and self.found.get(name, (0, 0, False))[2] and \
+                self._changed_output(self._index(name)):
             return None
         return (state, name) if state else None
 
@@ -2007,9 +2012,12 @@ class _Ledger:
 
     def why(self, counterpart, key, parts):
         """Why a task with a new key runs: what differs from its counterpart."""
-        if counterpart not in self.indexes:
+        if counterpart not in self.found:
             return 'new'
-        index = self.indexes[counterpart]
+        try:
+            index = self._index(counterpart)
+        except (OSError, TaskFileError):
+            return 'new'  # gone since
         if index.get('key') == key:
             if index['state'] == 'fail':
                 return 'failed before'
@@ -2266,11 +2274,12 @@ class TaskList:
         outputs = [os.path.abspath(os.fspath(path)) for path in outputs]
         key = None
         if self._reusing:
-            key, parts = self._key(task, cut, dependencies, outputs, version)
+            key, dependency_keys, extra = self._key(task, cut, dependencies, outputs, version)
             counterpart = self._ledger.counterpart(task)
             match = self._ledger.match(key)
             if match is not None:
                 return self._reuse_task(task, key, *match)
+            parts = _key_parts(task, cut, dependency_keys, self._ledger.files, extra)
         try:
             record = _dumps({'task': _rebuild(_flatten(task, cut)) if cut else task,
                              'metadata': metadata})
@@ -2302,7 +2311,7 @@ class TaskList:
         task.__dict__.setdefault('_scheduled', {})[self.directory] = name
         if self._ledger is not None:
             self._ledger.add(name, key, reused=False)
-            self._ledger.latest[key] = ('todo', name, index)
+            self._ledger.latest[key] = ('todo', name)
         if self._joining is not None:
             self._joining.append(name)
         if self.logfile:
@@ -2311,21 +2320,20 @@ class TaskList:
         return name
 
     def _key(self, task, cut, dependencies, outputs, version):
-        """task's key, and the parts of it that tell why it runs (see
-        `_Ledger.why`), on a list opened with reuse=True."""
+        """task's key on a list opened with reuse=True, with the keys of its
+        dependencies in its graph and the extra values that it covers."""
         if self._ledger is None:
             self._make_layout()
             self._ledger = _Ledger(self.directory)
         keys = {name: self._key_of(name) for name in dependencies}
         dependency_keys = {node: keys[name] for node, name in cut.items()}
-        files = self._ledger.files
         extra = (version, [keys[name] for name in dependencies if name not in cut.values()],
                  outputs)
-        key = _task_key(task, dependency_keys, extra=extra, files=files)
-        return key, _key_parts(task, cut, dependency_keys, files, extra)
+        key = _task_key(task, dependency_keys, extra=extra, files=self._ledger.files)
+        return key, dependency_keys, extra
 
     def _key_of(self, name):
-        key = self._ledger.keys.get(name) or self._ledger.indexes.get(name, {}).get('key')
+        key = self._ledger.keys.get(name) or self._ledger.found.get(name, (0, None))[1]
         if key is None:
             raise NotKeyable(f'the task depends on {name}, which has no key, as it was '
                              f'scheduled on a list without reuse=True: schedule it again '
