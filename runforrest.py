@@ -210,8 +210,7 @@ class Task:
     Python's protocols), and neither are the names of a task's outcome:
     `metadata`, `returnvalue`, `errorvalue`, `traceback`, `runtime`,
     `taskname` and `reused`, which are set on tasks that come back from a
-    `TaskList`. To
-    defer access to an attribute of one of those names, use
+    `TaskList`. To defer access to an attribute of one of those names, use
     `defer(getattr, task, 'returnvalue')`.
 
     Tasks compare equal when they are the same task, also after a trip
@@ -2327,8 +2326,8 @@ class TaskList:
             self._ledger = _Ledger(self.directory)
         keys = {name: self._key_of(name) for name in dependencies}
         dependency_keys = {node: keys[name] for node, name in cut.items()}
-        extra = (version, [keys[name] for name in dependencies if name not in cut.values()],
-                 outputs)
+        in_graph = set(cut.values())
+        extra = (version, [keys[name] for name in dependencies if name not in in_graph], outputs)
         key = _task_key(task, dependency_keys, extra=extra, files=self._ledger.files)
         return key, dependency_keys, extra
 
@@ -3860,6 +3859,8 @@ class Run:
 
                 def fill():
                     for name in joined:
+                        if current is not None:
+                            current.add(name)
                         if ledger is not None and name in ledger.reused:
                             reused.append(name)
                         elif name not in dependencies.unfinished:  # a todo task, unless reused
@@ -3882,6 +3883,7 @@ class Run:
                         if task is not None:
                             yield task
                         del task
+                        fill()  # the loop's body may have scheduled more
                     while finished:
                         name = finished.popleft()
                         task, done = self._collect(name, report)
@@ -3895,6 +3897,8 @@ class Run:
                         yield task
                         del task  # hold one result at a time, however large
                     fill()  # the loop's body may have scheduled more
+                    if reused:
+                        continue
                     if not backend.busy():
                         if not len(dependencies):
                             break

@@ -300,3 +300,17 @@ def test_show_tells_why_a_task_ran(project):
                           cwd=project.path, capture_output=True, text=True, timeout=60,
                           env={**os.environ, 'PYTHONPATH': str(project.path)})
     assert 'ran, as   code of project.prepare changed' in done.stdout, done.stdout
+
+
+def test_tasks_scheduled_from_the_loop_body_join_a_reuse_run(tmp_path):
+    def run():
+        tasklist = TaskList(tmp_path / 'list', reuse=True)
+        tasklist.schedule(runforrest.defer(pow, 2, 1))
+        seen = []
+        for task in tasklist.run(nprocesses=1):
+            seen.append((task.returnvalue, task.reused))
+            if task.returnvalue < 8:
+                tasklist.schedule(runforrest.defer(pow, 2, task.returnvalue.bit_length()))
+        return seen
+    assert run() == [(2, False), (4, False), (8, False)]
+    assert run() == [(2, True), (4, True), (8, True)]
