@@ -2464,7 +2464,7 @@ class _Bar:
 
 _MAP_PREFIX = 'runforrest-pmap-'
 _LOOKAHEAD = 4  # items taken from the input ahead of the results, per process
-_MAP_LOCK = 'lock'  # exists only while it is locked, or its process is dead
+_MAP_LOCK = 'lock'  # named so once locked: a lock file free to take is a dead map's
 
 
 def pmap(fun, items, nprocesses=None, *, star=False, kwstar=False, args=(),
@@ -2589,7 +2589,8 @@ def _check_callable(fun, name):
 
 
 def _jobs(items, job, name):
-    """(index, job) for each item, made as items are taken; and how many items there are, if known."""
+    """The jobs that items stand for, made as items are taken by a `_Window`,
+    and how many there are, if items has a length."""
     try:
         total = len(items)
     except TypeError:
@@ -2599,7 +2600,16 @@ def _jobs(items, job, name):
     except TypeError:
         raise TypeError(f'{name}() takes an iterable of items, not {_a(type(items))} '
                         f'{_abbreviate(items)}') from None
-    return (job(index, item) for index, item in enumerate(items)), total
+
+    def make():
+        for index, item in enumerate(items):
+            try:
+                yield job(index, item)
+            except NotPicklable as error:
+                error.add_note(f'(in {name} item {index})')
+                raise
+
+    return make(), total
 
 
 def _ordered(jobs, describe, nprocesses, errors, directory, threads, lookahead,
@@ -2687,6 +2697,7 @@ class _Window:
 def _in_processes(window, place, nprocesses, run_options):
     """(index, ok, value, traceback) per item, in order, from a task list:
     items join its run as results are handed out."""
+    from collections import deque
     tasklist = TaskList(place.tasklist)
     index_of = {}  # by task name, not metadata: a damaged result has none
     run = None
@@ -2697,21 +2708,22 @@ def _in_processes(window, place, nprocesses, run_options):
     try:
         window.fill(submit)
         run = iter(tasklist.run(nprocesses, **run_options))
-        ready = {}
+        ready, in_order = {}, deque()
         for task in run:
             ready[index_of.pop(task.taskname)] = task
-            in_order = []
+            del task  # hold no result that was handed out
             while window.handed in ready:
                 in_order.append((window.handed, ready.pop(window.handed)))
                 window.hand_out(in_order[-1][1].errorvalue is None)
             window.fill(submit)
-            for index, task in in_order:
+            while in_order:
+                index, task = in_order.popleft()
                 place.forget(tasklist, task)
                 if task.errorvalue is None:
                     yield index, True, task.returnvalue, None
                 else:
                     yield index, False, task.errorvalue, task.traceback
-            del task, in_order  # hold no result that was handed out
+                del task
         if index_of:
             raise RunforrestError(f'the run ended without the results of items '
                                   f'{sorted(index_of.values())}; were their task '
@@ -2727,13 +2739,17 @@ def _on_threads(window, nthreads):
     from concurrent.futures import ThreadPoolExecutor
     pool = ThreadPoolExecutor(nthreads, thread_name_prefix='runforrest-pmap')
     futures = deque()
+
+    def submit(index, job):
+        futures.append((index, pool.submit(job)))
+
     try:
-        window.fill(lambda index, job: futures.append((index, pool.submit(job))))
+        window.fill(submit)
         while futures:
             index, future = futures.popleft()
             error = future.exception()
             window.hand_out(error is None)
-            window.fill(lambda index, job: futures.append((index, pool.submit(job))))
+            window.fill(submit)
             yield (index, True, future.result(), None) if error is None else \
                 (index, False, error, None)
             del future, error

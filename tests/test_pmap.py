@@ -354,3 +354,9 @@ def test_threads_take_what_cannot_be_pickled():
     assert list(pmap(next, [(n for n in 'ab')], threads=True)) == ['a']
     with pytest.raises(runforrest.NotPicklable):
         list(pmap(next, [(n for n in 'ab')]))
+
+
+def test_an_item_that_cannot_be_pickled_is_named():
+    with pytest.raises(runforrest.NotPicklable) as raised:
+        list(pmap(next, [iter('ab'), (n for n in 'ab')]))
+    assert raised.value.__notes__ == ['(in pmap item 1)']
