@@ -3,7 +3,7 @@ and with parmapper's design (fork workers fed from a thread), reproduced here.
 
     python benchmarks/maps.py --quick    # a minute or two
     python benchmarks/maps.py            # the targets' sizes: 1,000,000 items take hours
-    python benchmarks/maps.py --only flat --items 100000
+    python benchmarks/maps.py --only flat --items 100000 --systems 'runforrest pmap'
 
 Two workloads, each measured in a fresh process per system:
 - stream: 200 naps of 50 ms from a generator on 2 workers: wall time over
@@ -17,7 +17,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import queue
 import re
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[1:1] = [HERE, os.path.dirname(HERE)]  # this checkout's runforrest
 
+import runforrest  # noqa: E402
 import workloads  # noqa: E402
 
 NPROCESSES = 2
@@ -40,12 +40,19 @@ TARGETS = {'stream wall / ideal': 1.10, 'stream first result (s)': 0.2}
 # -- the systems: each maps fun over an iterator, yielding results in order
 
 def runforrest_pmap(fun, items):
-    import runforrest
     return runforrest.pmap(fun, items, nprocesses=NPROCESSES)
 
 
+def runforrest_run(fun, items):
+    """The reference: a task list that schedules every item, then runs."""
+    tasklist = runforrest.TaskList(tempfile.mkdtemp(prefix='runforrest-run-'), exist_ok=True)
+    for item in items:
+        tasklist.schedule(runforrest.defer(fun, item))
+    for task in tasklist.run(nprocesses=NPROCESSES):
+        yield task.returnvalue
+
+
 def runforrest_threads(fun, items):
-    import runforrest
     return runforrest.pmap(fun, items, nprocesses=NPROCESSES, threads=True)
 
 
@@ -101,6 +108,7 @@ def parmapper_like(fun, items):
 
 SYSTEMS = {
     'runforrest pmap': runforrest_pmap,
+    'runforrest TaskList.run, all scheduled first': runforrest_run,
     'multiprocessing.Pool.imap': pool_imap,
     "parmapper's design": parmapper_like,
     'runforrest pmap, threads': runforrest_threads,
@@ -182,13 +190,13 @@ def run_child(workload, system, **fields):
 
 # -- reports
 
-def stream_report(repeat):
+def stream_report(repeat, systems):
     print(f'\n### {NAPS} naps of {NAP_MS} ms from a generator, {NPROCESSES} at a time '
           f'(median of {repeat})\n')
     print('| system | wall / ideal | first result |')
     print('| --- | --- | --- |')
     checks = []
-    for system in SYSTEMS:
+    for system in systems:
         runs = [run_child('stream', system) for _ in range(repeat)]
         if any('error' in run for run in runs):
             print(f'| {system} | failed: {runs[0].get("error")} | |')
@@ -201,12 +209,12 @@ def stream_report(repeat):
     return checks
 
 
-def flat_report(items):
+def flat_report(items, systems):
     print(f'\n### {items:,} items of {ITEM_BYTES} bytes from a generator\n')
     print('| system | items/s | driver memory at 10% | at 100% | growth | most temporary '
           'files | most temporary disk |')
     print('| --- | --- | --- | --- | --- | --- | --- |')
-    for system in PROCESS_SYSTEMS:
+    for system in systems:
         result = run_child('flat', system, items=items)
         if 'error' in result:
             print(f'| {system} | failed: {result["error"]} | | | | | |')
@@ -224,16 +232,23 @@ def main():
     parser.add_argument('--only', help='stream, flat, or both, comma-separated')
     parser.add_argument('--items', type=int, help='items of the flat workload')
     parser.add_argument('--repeat', type=int, help='runs of the stream workload per system')
+    parser.add_argument('--systems', help='which systems, comma-separated (default: all)')
     parser.add_argument('--child', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.child)
     only = set((args.only or 'stream,flat').split(','))
+    chosen = args.systems.split(',') if args.systems else list(SYSTEMS)
+    unknown = set(chosen) - set(SYSTEMS)
+    if unknown:
+        parser.error(f'unknown systems {", ".join(sorted(unknown))}; '
+                     f'choose from: {", ".join(SYSTEMS)}')
     checks = []
     if 'stream' in only:
-        checks += stream_report(args.repeat or (1 if args.quick else 3))
+        checks += stream_report(args.repeat or (1 if args.quick else 3), chosen)
     if 'flat' in only:
-        flat_report(args.items or (20_000 if args.quick else 1_000_000))
+        flat_report(args.items or (20_000 if args.quick else 1_000_000),
+                    [system for system in chosen if system in PROCESS_SYSTEMS])
     if checks:
         print('\n| target | measured | limit | met |')
         print('| --- | --- | --- | --- |')
