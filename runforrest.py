@@ -2523,7 +2523,7 @@ def _item_arguments(index, item, star, kwstar):
     """The positional values and keywords that item stands for (see `pmap`)."""
     if kwstar:
         if star is None:
-            keywords, item = item, ()
+            keywords = item
         elif isinstance(item, (tuple, list)) and len(item) == 2:
             item, keywords = item
         else:

@@ -155,7 +155,8 @@ def measure_flat(system, items):
     every = max(1, items // 10)
     started = time.perf_counter()
     item = b'x' * ITEM_BYTES
-    for n, result in enumerate(SYSTEMS[system](workloads.identity, (item for _ in range(items))), 1):
+    results = SYSTEMS[system](workloads.identity, (item for _ in range(items)))
+    for n, result in enumerate(results, 1):
         assert result == item
         if n % every == 0:
             files, mib = disk_use(tempfile.gettempdir())

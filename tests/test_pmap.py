@@ -8,7 +8,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import traceback
 
 import pytest
@@ -151,8 +150,10 @@ def test_bad_arguments_are_refused_at_the_call(call, message):
      'item 1 is an int 5, which is not iterable; pass star=False'),
     (False, True, [(1, {}), 7], r'with kwstar=True, each item is a pair \(value, keywords\), '
      'but item 1 is an int 7'),
-    (False, True, [(1, 'j')], "with kwstar=True, item 0 must supply a dict of keywords, not a str 'j'"),
-    (None, True, [{}, [1]], r'with kwstar=True, item 1 must supply a dict of keywords, not a list \[1\]'),
+    (False, True, [(1, 'j')],
+     "with kwstar=True, item 0 must supply a dict of keywords, not a str 'j'"),
+    (None, True, [{}, [1]],
+     r'with kwstar=True, item 1 must supply a dict of keywords, not a list \[1\]'),
 ])
 def test_an_item_that_does_not_fit_the_mode_is_named(star, kwstar, items, message, threads):
     with pytest.raises(TypeError, match=message):
@@ -162,7 +163,8 @@ def test_an_item_that_does_not_fit_the_mode_is_named(star, kwstar, items, messag
 def test_an_existing_directory_is_refused(tmp_path):
     (tmp_path / 'kept').mkdir()
     (tmp_path / 'kept' / 'precious').touch()
-    with pytest.raises(runforrest.TaskListExists, match='a map keeps its tasks in a new directory'):
+    with pytest.raises(runforrest.TaskListExists,
+                       match='a map keeps its tasks in a new directory'):
         pmap(abs, [1], directory=tmp_path / 'kept')
     assert os.listdir(tmp_path / 'kept') == ['precious']
 
