@@ -60,7 +60,8 @@ __version__ = '1.0.0'
 
 __all__ = [
     'defer', 'evaluate', 'Task', 'Call', 'Value', 'Item', 'Attribute',
-    'TaskList', 'Run', 'pmap', 'execute', 'read_task', 'Slurm',
+    'TaskList', 'Run', 'pmap', 'proc', 'call', 'background', 'pmap_rows',
+    'execute', 'read_task', 'Slurm',
     'RunforrestError', 'TaskListError', 'TaskListExists', 'NotATaskList',
     'TaskListBusy', 'TaskFileError', 'NotPicklable', 'TaskFailure',
     'TaskCrashed', 'TaskKilled', 'TaskTimeout', 'TaskOutOfMemory',
@@ -4140,7 +4141,7 @@ class _TqdmView:
 
 class _Bar:
     """A progress view without tqdm: a bar on a terminal, else a line at
-    most once a second."""
+    most once a second. A total of None is unknown (a map of a generator)."""
 
     def __init__(self, total, stream):
         self.total, self.stream = total, stream
@@ -4152,13 +4153,14 @@ class _Bar:
         now = time.monotonic()
         finished = done + failed
         rate = finished / max(now - self.began, 1e-9)
-        eta = (self.total - finished) / rate if rate else float('inf')
+        known = self.total is not None
+        eta = (self.total - finished) / rate if rate and known else float('inf')
         eta = time.strftime('%H:%M:%S', time.gmtime(eta)) if eta < 1e6 else '?'
-        counts = (f'{finished}/{self.total} done {done}, failed {failed}, '
+        counts = (f'{finished}/{self.total if known else "?"} done {done}, failed {failed}, '
                   f'running {running}{f", waiting {waiting}" if waiting else ""}, '
                   f'{rate:.1f} tasks/s, ETA {eta}')
         if self.terminal:
-            filled = int(20 * finished / self.total) if self.total else 20
+            filled = int(20 * finished / self.total) if self.total else 20 * known
             self.text = f'[{"#" * filled}{"." * (20 - filled)}] {counts}'
             self.stream.write('\r' + self.text + '\x1b[K')
             self.stream.flush()
@@ -4182,9 +4184,21 @@ class _Bar:
 # ---------------------------------------------------------------------------
 # Maps
 # ---------------------------------------------------------------------------
+#
+# pmap, call, background and pmap_rows run their calls through a task list
+# of their own: in `directory`, kept afterwards, or in a temporary directory
+# that goes when they end. Should their process die first (SIGTERM, say), its
+# temporary list goes with the next map of any process: each holds a lock
+# that the kernel releases when its process dies.
+
+_MAP_PREFIX = 'runforrest-pmap-'
+_LOOKAHEAD = 4  # items taken from the input ahead of the results, per process
+_MAP_LOCK = 'lock'  # named so once locked: a lock file free to take is a dead map's
+
 
 def pmap(fun, items, nprocesses=None, *, star=False, kwstar=False, args=(),
-         kwargs=None, errors='raise', directory=None, **run_options):
+         kwargs=None, errors='raise', directory=None, threads=False, lookahead=None,
+         progress=False, **run_options):
     """Like `map(fun, items)`, with each call in a process of its own.
 
     Yields the results in the order of items, each as soon as it and those
@@ -4193,46 +4207,349 @@ def pmap(fun, items, nprocesses=None, *, star=False, kwstar=False, args=(),
     >>> list(pmap(lambda x: x * x, range(4), nprocesses=2))
     [0, 1, 4, 9]
 
+    items may be endless: they are taken as results are yielded, at most
+    `lookahead` (4 times nprocesses) ahead of them, so memory and disk stay
+    bounded and the first results come at once.
+
     How an item becomes arguments (args and kwargs are fixed extras):
         star=False, kwstar=False: fun(item, *args, **kwargs)
         star=True:                fun(*item, *args, **kwargs)
+        star=None:                fun(*args, **kwargs), the item unused
         kwstar=True:              item is (value, dict): fun(value, *args, **kwargs, **dict)
         star=True, kwstar=True:   item is (values, dict): fun(*values, *args, **kwargs, **dict)
+        star=None, kwstar=True:   item is a dict: fun(*args, **kwargs, **item)
 
     errors='raise' raises the first failure (in input order), with the
     task's traceback as its cause; errors='return' yields the error in
-    place of the result. The tasks live in a temporary task list, or in
-    `directory`, which must not exist yet and is kept afterwards.
+    place of the result. Either way the error's `item_index` (and a note
+    in its traceback) tells which item failed. The tasks live in a
+    temporary task list, or in `directory`, which must not exist yet and
+    is kept afterwards, with every task. progress=True shows a progress
+    bar, counted against len(items) if items has a length.
+    threads=True runs the calls on `nprocesses` threads of this process,
+    for I/O: nothing is pickled, and nothing is isolated.
     run_options go to `TaskList.run`, e.g. autokill=60 or memory_limit='2G'.
     """
+    _check_callable(fun, 'pmap')
+    if star not in (False, True, None) or kwstar not in (False, True):
+        raise ValueError(f'star must be False, True or None and kwstar False or True, '
+                         f'not star={star!r}, kwstar={kwstar!r}')
+    args, kwargs = tuple(args), dict(kwargs or {})
+
+    def job(index, item):
+        values, keywords = _item_arguments(index, item, star, kwstar)
+        values, keywords = (*values, *args), {**kwargs, **keywords}
+        if threads:
+            import functools
+            return functools.partial(fun, *values, **keywords)
+        return defer(fun, *values, **keywords)
+
+    return _ordered(_jobs(items, job, 'pmap'), lambda index: f'pmap item {index}',
+                    nprocesses, errors, directory, threads, lookahead, progress, run_options)
+
+
+def _item_arguments(index, item, star, kwstar):
+    """The positional values and keywords that item stands for (see `pmap`)."""
+    if kwstar:
+        if star is None:
+            keywords = item
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            item, keywords = item
+        else:
+            raise TypeError(f'with kwstar=True, each item is a pair (value, keywords), '
+                            f'but item {index} is {_a(type(item))} {_abbreviate(item)}')
+        from collections.abc import Mapping
+        if not isinstance(keywords, Mapping):
+            raise TypeError(f'with kwstar=True, item {index} must supply a dict of '
+                            f'keywords, not {_a(type(keywords))} {_abbreviate(keywords)}')
+    else:
+        keywords = {}
+    if star is None:
+        return (), keywords
+    if not star:
+        return (item,), keywords
+    try:
+        return tuple(item), keywords
+    except TypeError:
+        raise TypeError(f'with star=True, each item is unpacked into arguments, but '
+                        f'item {index} is {_a(type(item))} {_abbreviate(item)}, which '
+                        f'is not iterable; pass star=False to give each item as one '
+                        f'argument') from None
+
+
+def proc(fun, *args, **kwargs):
+    """The call `fun(*args, **kwargs)`, to be made by `call` or `background`
+    in a process of its own. It is a task, as `defer` makes it.
+
+    >>> r1, r2 = call([proc(pow, 2, 10), proc(divmod, 7, 2)])
+    >>> r1, r2
+    (1024, (3, 1))
+    """
+    _check_callable(fun, 'proc')
+    return defer(fun, *args, **kwargs)
+
+
+def call(procs, nprocesses=None, *, errors='raise', directory=None, threads=False,
+         lookahead=None, progress=False, **run_options):
+    """Make the calls of a list of `proc`s at once, each in a process of its
+    own, and yield their results in the order given, each as soon as it and
+    those before it are ready. Errors, directory, threads, lookahead,
+    progress and run options are as in `pmap`; an error's `item_index` is
+    the position of its proc."""
+    def job(index, spec):
+        if not isinstance(spec, Task):
+            raise TypeError(f'call() takes procs, but item {index} is '
+                            f'{_a(type(spec))} {_abbreviate(spec)}; make each call '
+                            f'with proc(fun, *args, **kwargs)')
+        if threads:
+            import functools
+            return functools.partial(evaluate, spec)
+        return spec
+
+    return _ordered(_jobs(procs, job, 'call'), lambda index: f'call item {index}',
+                    nprocesses, errors, directory, threads, lookahead, progress, run_options)
+
+
+def _check_callable(fun, name):
+    if not callable(fun):
+        raise TypeError(f'{name}() calls its first argument, but {_a(type(fun))} '
+                        f'{_abbreviate(fun)} is not callable; pass a function, as in '
+                        f'{name}(abs, ...)')
+
+
+def _jobs(items, job, name):
+    """The jobs that items stand for, made as items are taken by a `_Window`,
+    and how many there are, if items has a length."""
+    try:
+        total = len(items)
+    except TypeError:
+        total = None
+    try:
+        items = iter(items)
+    except TypeError:
+        raise TypeError(f'{name}() takes an iterable of items, not {_a(type(items))} '
+                        f'{_abbreviate(items)}') from None
+
+    def make():
+        for index, item in enumerate(items):
+            try:
+                yield job(index, item)
+            except NotPicklable as error:
+                error.add_note(f'(in {name} item {index})')
+                raise
+
+    return make(), total
+
+
+def _ordered(jobs, describe, nprocesses, errors, directory, threads, lookahead,
+             progress, run_options):
+    """The generator that pmap and call return: the outcomes of jobs, in order.
+
+    Bad options are refused here, at the call, not at the first result."""
     if errors not in ('raise', 'return'):
         raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
-    if directory is None:
+    if threads and run_options:
+        raise ValueError(f'threads=True runs the calls on threads of this process, '
+                         f'which cannot be killed or limited: '
+                         f'{", ".join(sorted(run_options))} need processes (threads=False)')
+    nprocesses = Run(None, nprocesses, **run_options).nprocesses  # checks the options
+    if lookahead is None:
+        lookahead = _LOOKAHEAD * nprocesses
+    if not isinstance(lookahead, int) or lookahead < 1:
+        raise ValueError(f'lookahead must be a whole number of at least 1, not {lookahead!r}')
+    if directory is not None:
+        directory = _new_directory(directory)
+    return _results(jobs, describe, nprocesses, errors, directory, threads, lookahead,
+                    progress, run_options)
+
+
+def _results(jobs, describe, nprocesses, errors, directory, threads, lookahead,
+             progress, run_options):
+    jobs, total = jobs
+    window = _Window(jobs, lookahead, nprocesses, _progress_view(total) if progress else None)
+    place = None if threads else _MapDirectory(directory)
+    outcomes = _on_threads(window, nprocesses) if threads else \
+        _in_processes(window, place, nprocesses, run_options)
+    try:
+        for index, ok, value, traceback in outcomes:
+            if ok:
+                yield value
+                continue
+            try:
+                value.item_index = index
+            except AttributeError:  # an exception with __slots__
+                pass
+            value.add_note(f'(raised by {describe(index)})')
+            if errors == 'return':
+                yield value
+            else:
+                if traceback:
+                    value.__cause__ = _RemoteTraceback(traceback)
+                raise value
+    finally:
+        outcomes.close()  # now, not when garbage collected: it kills what runs
+        window.close()
+        if place is not None:
+            place.close()
+
+
+class _Window:
+    """The items of a map between its input and its results: at most `size`
+    taken from the input and not yet handed out; and the progress view."""
+
+    def __init__(self, jobs, size, nworkers, view):
+        self.jobs, self.size, self.nworkers, self.view = jobs, size, nworkers, view
+        self.taken = self.handed = self.failed = 0
+
+    def fill(self, submit):
+        """Take items while there is room, and submit(index, job) each."""
+        while self.taken - self.handed < self.size:
+            try:
+                job = next(self.jobs)
+            except StopIteration:
+                return
+            submit(self.taken, job)
+            self.taken += 1
+
+    def hand_out(self, ok):
+        self.handed += 1
+        self.failed += not ok
+        if self.view:
+            self.view.update(self.handed - self.failed, self.failed,
+                             min(self.nworkers, self.taken - self.handed), 0)
+
+    def close(self):
+        if self.view:
+            self.view.close()
+
+
+def _in_processes(window, place, nprocesses, run_options):
+    """(index, ok, value, traceback) per item, in order, from a task list:
+    items join its run as results are handed out."""
+    from collections import deque
+    tasklist = TaskList(place.tasklist)
+    index_of = {}  # by task name, not metadata: a damaged result has none
+    run = None
+
+    def submit(index, job):
+        index_of[tasklist.schedule(job, metadata=index)] = index
+
+    try:
+        window.fill(submit)
+        run = iter(tasklist.run(nprocesses, **run_options))
+        ready, in_order = {}, deque()
+        for task in run:
+            ready[index_of.pop(task.taskname)] = task
+            del task  # hold no result that was handed out
+            while window.handed in ready:
+                in_order.append((window.handed, ready.pop(window.handed)))
+                window.hand_out(in_order[-1][1].errorvalue is None)
+            window.fill(submit)
+            while in_order:
+                index, task = in_order.popleft()
+                outcome = (index, True, task.returnvalue, None) if task.errorvalue is None \
+                    else (index, False, task.errorvalue, task.traceback)
+                place.forget(tasklist, task)  # its outcome is read: see Task.returnvalue
+                del task
+                yield outcome
+                del outcome
+        if index_of:
+            raise RunforrestError(f'the run ended without the results of items '
+                                  f'{sorted(index_of.values())}; were their task '
+                                  f'files removed from {place.tasklist} meanwhile?')
+    finally:
+        if run is not None:
+            run.close()
+
+
+def _on_threads(window, nthreads):
+    """(index, ok, value, None) per item, in order, from a pool of threads."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    pool = ThreadPoolExecutor(nthreads, thread_name_prefix='runforrest-pmap')
+    futures = deque()
+
+    def submit(index, job):
+        futures.append((index, pool.submit(job)))
+
+    try:
+        window.fill(submit)
+        while futures:
+            index, future = futures.popleft()
+            error = future.exception()
+            window.hand_out(error is None)
+            window.fill(submit)
+            yield (index, True, future.result(), None) if error is None else \
+                (index, False, error, None)
+            del future, error
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # a thread cannot be killed
+
+
+def _new_directory(directory):
+    path = os.path.abspath(os.fspath(directory))
+    if os.path.exists(path) and not (os.path.isdir(path) and not os.listdir(path)):
+        raise TaskListExists(f'{path} exists already; a map keeps its tasks in a new '
+                             f'directory: name one that does not exist, or remove this one')
+    return path
+
+
+class _MapDirectory:
+    """Where a map keeps its task list: `directory` (see `_new_directory`),
+    which is kept, or a temporary directory, removed by `close`."""
+
+    def __init__(self, directory=None):
+        self.root = self.lock = None
+        if directory is not None:
+            self.tasklist = directory
+            return
+        import fcntl
         import tempfile
-        directory = tempfile.mkdtemp(prefix='runforrest-pmap-')
-        keep = False
-    else:
-        keep = True
-    with TaskList(directory, exist_ok=not keep, post_clean=not keep) as tasklist:
-        for index, item in enumerate(items):
-            values, keywords = (item if kwstar else (item, {}))
-            values = tuple(values) if star else (values,)
-            tasklist.schedule(defer(fun, *values, *args, **{**(kwargs or {}), **keywords}),
-                              metadata=index)
-        ready, wanted = {}, 0
-        for task in tasklist.run(nprocesses, **run_options):
-            ready[task.metadata] = task
-            while wanted in ready:
-                task = ready.pop(wanted)
-                wanted += 1
-                if task.errorvalue is None:
-                    yield task.returnvalue
-                elif errors == 'return':
-                    yield task.errorvalue
-                else:
-                    if task.traceback:
-                        task.errorvalue.__cause__ = _RemoteTraceback(task.traceback)
-                    raise task.errorvalue
+        _remove_orphans(tempfile.gettempdir())
+        self.root = tempfile.mkdtemp(prefix=_MAP_PREFIX)
+        self.tasklist = os.path.join(self.root, 'tasks')
+        # Locked before it gets its name, so that nobody takes it for an orphan's.
+        aside = os.path.join(self.root, f'.{_MAP_LOCK}.tmp')
+        self.lock = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.lock, fcntl.LOCK_EX)
+        os.rename(aside, os.path.join(self.root, _MAP_LOCK))
+
+    def forget(self, tasklist, task):
+        """Remove a finished task's files, unless the directory is kept."""
+        if self.root is not None:
+            for state in ('done', 'fail', 'output'):
+                _unlink(tasklist._path(state, task.taskname))
+
+    def close(self):
+        if self.root is not None:
+            import shutil
+            shutil.rmtree(self.root, ignore_errors=True)
+            os.close(self.lock)
+            self.root = None
+
+
+def _remove_orphans(directory):
+    """Remove the temporary task lists of maps whose process died."""
+    import fcntl
+    import shutil
+    try:
+        entries = [entry for entry in os.listdir(directory) if entry.startswith(_MAP_PREFIX)]
+    except OSError:
+        return
+    for entry in entries:
+        root = os.path.join(directory, entry)
+        try:
+            fd = os.open(os.path.join(root, _MAP_LOCK), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # not a map's, or not one of this version
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # its map is alive
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 class _RemoteTraceback(Exception):
@@ -4240,6 +4557,163 @@ class _RemoteTraceback(Exception):
 
     def __str__(self):
         return '\n' + self.args[0]
+
+
+def background(fun, /, *args, **kwargs):
+    """Start fun(*args, **kwargs) now, in a process of its own, and return
+    a `concurrent.futures.Future` of its result.
+
+    >>> future = background(pow, 2, 10)
+    >>> future.result()
+    1024
+
+    `result(timeout)` (or `join(timeout)`, as in parmapper) waits for the
+    value, or raises the call's error with its traceback as the cause;
+    `cancel()` kills the call's whole process group. To give run options
+    (autokill, memory_limit, start_method, ...), pass the call as a `proc`:
+    then every keyword is a run option, and none can clash with fun's own:
+    background(proc(fun, *args, **kwargs), autokill=60).
+    """
+    if isinstance(fun, Task):
+        if args:
+            raise TypeError('background(proc(...), **run_options) takes the '
+                            'arguments of the call inside proc()')
+        task, run_options = fun, kwargs
+    else:
+        _check_callable(fun, 'background')
+        task, run_options = defer(fun, *args, **kwargs), {}
+    if 'nprocesses' in run_options:
+        raise TypeError('a background call runs in one process: '
+                        'background() takes no nprocesses')
+    Run(None, **run_options)  # checks the options now, in the caller's thread
+    return _background_future()(task, run_options)
+
+
+def _background_task(control, call):
+    """Runs in the task process of `background`: tell cancel() which
+    process group to kill, then make the call, unless cancel() came first.
+    The call travels as a pickle, so that nothing of it runs before."""
+    import signal
+    group = os.path.join(control, 'group')
+    with open(group + '.tmp', 'w') as file:
+        file.write(str(os.getpgrp()))
+    os.replace(group + '.tmp', group)
+    if os.path.exists(os.path.join(control, 'cancelled')):
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    return evaluate(pickle.loads(call))
+
+
+def _background_future():
+    """The class of `background`'s futures, made at its first use, since
+    importing concurrent.futures would cost every task process 11 ms."""
+    global _Background
+    if _Background is not None:
+        return _Background
+    import threading
+    from concurrent.futures import Future, InvalidStateError
+
+    class _Background(Future):
+        """The future of a `background` call, run by a driver thread of its own."""
+
+        def __init__(self, task, run_options):
+            super().__init__()
+            self._place = _MapDirectory()
+            self._thread = threading.Thread(target=self._drive, args=(task, run_options),
+                                            name='runforrest-background')
+            self._thread.start()
+
+        def _drive(self, task, run_options):
+            error = value = None
+            try:
+                tasklist = TaskList(self._place.tasklist)
+                tasklist.schedule(defer(_background_task, self._place.root, _dumps(task)))
+                for finished in tasklist.run(1, **run_options):
+                    value, error = finished.returnvalue, finished.errorvalue
+                    if error is not None and finished.traceback:
+                        error.__cause__ = _RemoteTraceback(finished.traceback)
+            except BaseException as failure:  # of the driver: a full disk, say
+                error = failure
+            finally:
+                self._place.close()
+            try:
+                if error is None:
+                    self.set_result(value)
+                else:
+                    self.set_exception(error)
+            except InvalidStateError:  # cancelled meanwhile
+                pass
+
+        def running(self):
+            return not self.done()
+
+        def cancel(self):
+            """Kill the call's process group and wait until the call has
+            ended; False if it had finished already."""
+            if self.done():
+                return self.cancelled()
+            control = self._place.root
+            try:
+                open(os.path.join(control, 'cancelled'), 'w').close()
+                with open(os.path.join(control, 'group')) as file:
+                    _kill_group(int(file.read()))
+            except (OSError, TypeError, ValueError):
+                pass  # not started yet (it will see the mark), or ending right now
+            cancelled = super().cancel()
+            if cancelled:
+                self.set_running_or_notify_cancel()  # wakes wait() and as_completed()
+            if threading.current_thread() is not self._thread:
+                self._thread.join()
+            return cancelled
+
+        def join(self, timeout=None):
+            """The same as `result`, for parmapper's users."""
+            return self.result(timeout)
+
+    return _Background
+
+
+_Background = None
+
+
+def pmap_rows(fun, X, nprocesses=None, **run_options):
+    """fun(X) for a function that treats the rows of a NumPy array one by
+    one, computed in parallel: X is split along its first axis into one
+    chunk per process, fun runs on each chunk in a process of its own, and
+    the results are joined again. Needs NumPy; run_options as in `pmap`.
+
+    >>> import numpy
+    >>> pmap_rows(numpy.sqrt, numpy.array([[1.0, 4.0], [9.0, 16.0], [25.0, 36.0]]))
+    array([[1., 2.],
+           [3., 4.],
+           [5., 6.]])
+    """
+    try:
+        import numpy
+    except ImportError:
+        raise ImportError('pmap_rows needs NumPy: pip install numpy') from None
+    _check_callable(fun, 'pmap_rows')
+    if not isinstance(X, numpy.ndarray):
+        raise TypeError(f'pmap_rows splits a NumPy array along its first axis, not '
+                        f'{_a(type(X))} {_abbreviate(X)}; make one with numpy.asarray(X)')
+    if X.ndim == 0:
+        raise TypeError(f'pmap_rows splits an array into rows, but {_abbreviate(X)} '
+                        f'has no rows: it has no axis at all')
+    nprocesses = Run(None, nprocesses, **run_options).nprocesses
+    chunks = numpy.array_split(X, min(nprocesses, len(X))) if len(X) else [X]
+    starts = numpy.cumsum([0] + [len(chunk) for chunk in chunks])
+
+    def describe(index):
+        return f'pmap_rows chunk {index}, rows {starts[index]} to {starts[index + 1] - 1}'
+
+    jobs = ((defer(fun, chunk) for chunk in chunks), len(chunks))
+    results = list(_ordered(jobs, describe, nprocesses, 'raise', None, False, None,
+                            False, run_options))
+    for index, result in enumerate(results):
+        if not isinstance(result, numpy.ndarray) or result.ndim == 0:
+            raise TypeError(f'pmap_rows joins the arrays that fun returns for each '
+                            f'chunk of rows, but for {describe(index)} it returned '
+                            f'{_a(type(result))} {_abbreviate(result)}')
+    return numpy.concatenate(results)
 
 
 # ---------------------------------------------------------------------------
