@@ -36,8 +36,11 @@ the drivers' working state.
 The module reads in that order: errors, the task graph, the file format, the
 store (`TaskList`), the task process, the supervisor that starts and polices
 task processes, the driver (`Run`, and the dependencies it waits for),
-conveniences (`pmap`, progress), backends for more than one machine
-(`Slurm`, executors such as Dask), and the command line.
+progress, conveniences (`pmap`, `call`, `background`, `pmap_rows`),
+backends for more than one machine (`Slurm`, executors such as Dask), and
+the command line. Keys (what a task's result depends on, for lists that
+reuse their work) come with the task graph, and the ledger of a reuse list
+with the store.
 """
 
 if __name__ == '__main__':
