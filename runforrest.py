@@ -1143,6 +1143,7 @@ class _Keyer:
             import pickle as pickling
             module = getattr(obj, '__module__', None) or pickling.whichmodule(obj, reduced)
             self.text(b'G', f'{module}.{reduced}')
+            self.surrounding(getattr(obj, '__wrapped__', None))  # functools.lru_cache, ...
             return
         identity = id(obj)
         if identity in self.active:

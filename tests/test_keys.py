@@ -22,15 +22,16 @@ numpy = pytest.importorskip('numpy')
 _loaded = 0
 
 
-def load(directory, source, name='project'):
+def load(directory, source, name='project', same_name=False):
     """Import source, written to directory/name.py, as a module of its own:
-    each version of a project's file is a new module, as in a fresh run."""
+    each version of a project's file is a new module, as in a fresh run.
+    Their names differ, unless same_name, as they would not in two runs."""
     global _loaded
     _loaded += 1
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f'{name}.py'
     path.write_text(textwrap.dedent(source))
-    spec = importlib.util.spec_from_file_location(f'{name}_{_loaded}', path)
+    spec = importlib.util.spec_from_file_location(name if same_name else f'{name}_{_loaded}', path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -222,6 +223,29 @@ def test_recursion_lambdas_methods_classes_and_partials(tmp_path):
     assert _value_key(one.Counter(1)) != _value_key(changed.Counter(1))
     assert _code_key(one.double) != _code_key(functools_partial(one.scaled, factor=3))
     assert _code_key(one.double) == _code_key(three.double)
+
+
+def test_a_function_behind_a_library_decorator_counts_by_its_code(tmp_path):
+    source = textwrap.dedent('''
+        import contextlib
+        import functools
+
+        @functools.lru_cache(maxsize=None)
+        def cached(x):
+            return x + 1
+
+        @contextlib.contextmanager  # a function of contextlib's, wrapping this one
+        def opened(x):
+            yield x + 1
+    ''')
+    one = load(tmp_path / 'one', source, 'decorated', same_name=True)
+    two = load(tmp_path / 'two', source.replace('x + 1', 'x + 2'), 'decorated', same_name=True)
+    three = load(tmp_path / 'three', source.replace('import functools', 'import functools\n'),
+                 'decorated', same_name=True)
+    assert _code_key(one.cached) != _code_key(two.cached)
+    assert _code_key(one.cached) == _code_key(three.cached)
+    assert _code_key(one.opened) != _code_key(two.opened)
+    assert _code_key(one.opened) == _code_key(three.opened)
 
 
 def functools_partial(*args, **kwargs):
