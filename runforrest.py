@@ -544,10 +544,11 @@ def _file_signature(path):
     copy that keeps the modification time (cp -p, rsync -t) is hashed anew."""
     import stat
     status = os.stat(path)
+    if stat.S_ISDIR(status.st_mode):
+        raise IsADirectoryError(errno.EISDIR, 'a directory, not a file '
+                                              '(give File() each file in it)', path)
     if not stat.S_ISREG(status.st_mode):
-        raise IsADirectoryError(errno.EISDIR, 'not a regular file', path) \
-            if stat.S_ISDIR(status.st_mode) else \
-            OSError(errno.EINVAL, 'not a regular file', path)
+        raise OSError(errno.EINVAL, 'not a regular file', path)
     return status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino
 
 
@@ -645,7 +646,8 @@ def _is_library_file(filename):
 def _is_library_module(module):
     if module.__name__ == _MAIN_MODULE:
         return False
-    location = getattr(module, '__file__', None) or next(iter(getattr(module, '__path__', ())), None)
+    location = getattr(module, '__file__', None) or next(iter(getattr(module, '__path__', ())),
+                                                         None)
     return location is None or _is_library_file(location)  # None: built into Python
 
 
@@ -972,12 +974,17 @@ class _Keyer:
         self.out.append(b'a' + order + header + _array_digest(raw, array))
 
     def file(self, file):
-        # A File as a value: the path it gives and the content it names.
         path = file._args[0]
         self.volatile = True
         self.out.append(b'F')
-        self.value(path)
-        self.out.append(_file_digest(path, self.files))
+        self.value(path)  # as the task receives it: a task may use the name
+        try:
+            self.out.append(_file_digest(path, self.files))
+        except OSError as error:
+            raise type(error)(error.errno, f'cannot key the input file {os.fsdecode(path)!r}: '
+                                           f'{error.strerror}. File() names a file that a task '
+                                           f'reads: it must be there when the task is scheduled',
+                              error.filename) from None
 
     def task(self, obj):
         self.refuse(obj, 'it is a task inside a value that runforrest does not look into '
@@ -1112,7 +1119,8 @@ class _Keyer:
         self.text(b'K', cls.__qualname__)
         if self.checks is not None:
             bases, members = cls.__bases__, tuple(vars(cls).values())
-            self.checks.append(lambda: cls.__bases__ is bases and _same(vars(cls).values(), members))
+            self.checks.append(lambda: cls.__bases__ is bases
+                               and _same(vars(cls).values(), members))
         self.value(type(cls))
         self.value(cls.__bases__)
         lenient, self.lenient = self.lenient, True
@@ -1399,7 +1407,8 @@ def _argument_name(node, which):
     if node._fun is _build_dict:
         return f'the value for {node._args[0][which - 1]!r} in a dict given to a task'
     argument = f'argument {which}' if isinstance(which, int) else f'argument {which}='
-    return f'{argument} of {_describe(node._fun, 0) if isinstance(node._fun, Task) else _abbreviate(node._fun)}'
+    fun = node._fun
+    return f'{argument} of {_describe(fun, 0) if isinstance(fun, Task) else _abbreviate(fun)}'
 
 
 # ---------------------------------------------------------------------------

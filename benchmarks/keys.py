@@ -21,7 +21,6 @@ ratios of one run mean more than its absolute numbers.
 import argparse
 import hashlib
 import os
-import statistics
 import sys
 import time
 
