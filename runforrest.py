@@ -976,7 +976,7 @@ class _Keyer:
     def file(self, file):
         path = file._args[0]
         self.volatile = True
-        self.out.append(b'F')
+        self.out.append(b'p')
         self.value(path)  # as the task receives it: a task may use the name
         try:
             self.out.append(_file_digest(path, self.files))
@@ -1005,8 +1005,8 @@ class _Keyer:
         if cached is not None and all(holds() for holds in cached[2]):
             tokens, written, checks = cached
             self.out.append(tokens)
-            for obj in written:
-                self.seen(obj)
+            self.written = {id(obj): index for index, obj in enumerate(written)}
+            self.keep = list(written)
             return
         mark, self.checks, self.volatile = len(self.out), [], False
         try:
@@ -1050,7 +1050,11 @@ class _Keyer:
         not at all (the module counts by its name)."""
         obj, walked = _look_up_global(namespace, dotted)
         if self.checks is not None:
-            self.checks.append(lambda: _look_up_global(namespace, dotted)[0] is obj)
+            if walked == 1 and dotted[0] in namespace:  # the common case, made quick
+                name = dotted[0]
+                self.checks.append(lambda: namespace.get(name, _ABSENT) is obj)
+            else:
+                self.checks.append(lambda: _look_up_global(namespace, dotted)[0] is obj)
         self.text(b'g', '.'.join(dotted[:walked]))
         self.value(obj)
 
@@ -1091,7 +1095,7 @@ class _Keyer:
         if owner is None or type(owner) is type(sys):
             self.text(b'B', f'{module}.{fun.__qualname__}')
         else:  # a bound method of an object: [].append, '-'.join
-            self.text(b'b', f'{module or type(owner).__module__}.{fun.__qualname__}')
+            self.text(b'o', f'{module or type(owner).__module__}.{fun.__qualname__}')
             self.value(owner)
 
     def method(self, method):
@@ -1130,7 +1134,7 @@ class _Keyer:
                 member = namespace[name]
                 self.text(b'n', name)
                 if isinstance(member, (staticmethod, classmethod)):
-                    self.out.append(b'S' if isinstance(member, staticmethod) else b'c')
+                    self.out.append(b'S' if isinstance(member, staticmethod) else b'Q')
                     member = member.__func__
                 elif isinstance(member, property):
                     self.out.append(b'P')
@@ -1262,15 +1266,20 @@ def _write(keyer, obj, describe):
     try:
         keyer.value(obj)
     except NotKeyable as error:
-        where = describe() + (f', at {"".join(error.path)}' if error.path else '')
-        article = 'an' if error.type_name[:1].lower() in 'aeiou' else 'a'
-        raise NotKeyable(
-            f'cannot key {where}: {article} {error.type_name} cannot be part of a '
-            f"task's key, since {error}. A task's key is made from the values it is "
-            f'given, by which a task list knows whether it has run already; pass '
-            f'plain values instead (a list rather than a generator, a file name '
-            f'rather than an open file, in File() if the task reads it), or create '
-            f'such objects inside the task', type_name=error.type_name, where=where) from None
+        raise _refusal(error, describe()) from None
+
+
+def _refusal(error, what):
+    """The NotKeyable to raise for error, raised by a _Keyer, in what."""
+    where = what + (f', at {"".join(error.path)}' if error.path else '')
+    article = 'an' if error.type_name[:1].lower() in 'aeiou' else 'a'
+    return NotKeyable(
+        f'cannot key {where}: {article} {error.type_name} cannot be part of a '
+        f"task's key, since {error}. A task's key is made from the values it is "
+        f'given, by which a task list knows whether it has run already; pass '
+        f'plain values instead (a list rather than a generator, a file name '
+        f'rather than an open file, in File() if the task reads it), or create '
+        f'such objects inside the task', type_name=error.type_name, where=where)
 
 
 def _value_key(obj, files=None):
@@ -1375,31 +1384,34 @@ def _task_key(task, dependency_keys=None, extra=None, files=None):
 
 def _node_key(node, key_of, files, extra):
     keyer = _Keyer(files)
+    out, write = keyer.out, keyer.value
     if type(node) is File:
         keyer.file(node)
     else:
-        def write(value, describe):
-            if isinstance(value, Task):
-                keyer.out.append(b'D' + key_of(value).encode())
-            else:
-                _write(keyer, value, describe)
-
-        fun = node._fun
-        write(fun, lambda: f'the function {_abbreviate(fun)}')
-        keyer.out.append(b'%d;' % len(node._args))
-        for position, arg in enumerate(node._args):
-            write(arg, lambda: _argument_name(node, position))
-        for name in sorted(node._kwargs):
-            keyer.text(b'k', name)
-            write(node._kwargs[name], lambda: _argument_name(node, name))
+        which = None  # the function; then an argument's position or name
+        out.append(b'%d;' % len(node._args))
+        try:
+            for which, value in ((None, node._fun), *enumerate(node._args),
+                                 *sorted(node._kwargs.items())):
+                if type(which) is str:
+                    keyer.text(b'k', which)
+                if isinstance(value, Task):
+                    out.append(b'D' + key_of(value).encode())
+                else:
+                    write(value)
+        except NotKeyable as error:
+            raise _refusal(error, _argument_name(node, which)) from None
     if extra is not None:
-        keyer.out.append(b'+')
+        out.append(b'+')
         _write(keyer, extra, lambda: "the task's extra key values")
-    return _key_of(keyer.out)
+    return _key_of(out)
 
 
 def _argument_name(node, which):
-    """Which argument of a task's node, in the words of the user's call."""
+    """Which argument of a task's node, in the words of the user's call;
+    which=None for its function."""
+    if which is None:
+        return f'the function {_abbreviate(node._fun)}'
     if isinstance(node, Value):
         return 'the data'
     if node._fun is _build:
