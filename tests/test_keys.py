@@ -129,6 +129,29 @@ def test_changes_to_the_code_change_its_key(tmp_path):
         assert changed != original, what
 
 
+def test_code_in_another_module_of_the_project_counts(tmp_path):
+    user = '''
+        import helpers
+        from helpers import offset
+
+        def compute(x):
+            return helpers.scale(x) + offset(x)
+    '''
+    keys = []
+    for scale, offset in (('2', '1'), ('2', '1'), ('3', '1'), ('2', '0')):
+        load(tmp_path / f'helpers{len(keys)}', f'''
+            def scale(x):
+                return x * {scale}
+
+            def offset(x):
+                return {offset}
+        ''', 'helpers', same_name=True)
+        keys.append(key_of_compute(tmp_path / f'user{len(keys)}', user))
+    del sys.modules['helpers']
+    assert keys[0] == keys[1]
+    assert len(set(keys)) == 3
+
+
 def test_docstrings_comments_blank_lines_and_moves_do_not_change_the_key(tmp_path):
     original = key_of_compute(tmp_path / 'a', PROJECT)
     cosmetic = {
@@ -475,6 +498,11 @@ def test_what_cannot_be_keyed_is_refused_naming_the_argument(tmp_path):
     finally:
         handle.close()
         connection.close()
+    # defer() takes a lock or an open file, which dill can carry; a key cannot.
+    with open(tmp_path / 'file.txt') as handle:
+        for value in (threading.Lock(), handle):
+            with pytest.raises(NotKeyable, match='cannot key argument 0 of compute'):
+                _task_key(defer(compute, value))
     with pytest.raises(NotKeyable, match=r'item 1 of a list given to a task'):
         _task_key(defer(compute, [defer(1), threading.Lock()]))
 
