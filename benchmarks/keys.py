@@ -135,7 +135,8 @@ def rekey(ntasks):
                      f'{joblib_seconds / key_seconds:.1f}'])
     table(f'Keying the {ntasks:,} tasks of an unchanged script, defer(f, i)',
           ['', 'µs per task', 'times runforrest'], rows)
-    check('rekey: keying µs per task', key_seconds / ntasks * 1e6, 20, False)
+    # A quarter of the 0.1 ms per task that scheduling, keying included, may take.
+    check('rekey: keying µs per task', key_seconds / ntasks * 1e6, 25, False)
 
 
 def main():
