@@ -958,7 +958,8 @@ class _Keyer:
 
     def array(self, array):
         self.volatile = True
-        header = b'%s;%s;' % (str(array.dtype.descr).encode(), str(array.shape).encode())
+        header = b'%s;%s;%s;' % (type(array).__name__.encode(), str(array.dtype.descr).encode(),
+                                 str(array.shape).encode())
         if array.dtype.hasobject:
             self.out.append(b'A' + header)
             self.value(array.tolist())
@@ -1213,7 +1214,7 @@ def _writer_of(obj):
     import types
     kind = type(obj)
     numpy = sys.modules.get('numpy')
-    if numpy is not None and kind is numpy.ndarray:
+    if numpy is not None and kind in (numpy.ndarray, numpy.memmap):  # subclasses: by reduction
         write = _WRITERS[kind] = _Keyer.array
     elif isinstance(obj, type):
         write = _Keyer.cls  # a metaclass's instance: ABCMeta, EnumMeta, ...

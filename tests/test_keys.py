@@ -232,6 +232,11 @@ def test_recursion_lambdas_methods_classes_and_partials(tmp_path):
             return x * factor
 
         double = functools.partial(scaled, factor=2)
+
+        def scaler(factor):
+            def scale(x):
+                return x * factor
+            return scale
     ''')
     one = load(tmp_path / 'one', source)
     two = load(tmp_path / 'two', source.replace('return n != 0 and', 'return n > 0 and'))
@@ -246,6 +251,8 @@ def test_recursion_lambdas_methods_classes_and_partials(tmp_path):
     assert _value_key(one.Counter(1)) != _value_key(changed.Counter(1))
     assert _code_key(one.double) != _code_key(functools_partial(one.scaled, factor=3))
     assert _code_key(one.double) == _code_key(three.double)
+    assert _code_key(one.scaler(2)) == _code_key(three.scaler(2))  # closures
+    assert _code_key(one.scaler(2)) != _code_key(one.scaler(3))
 
 
 def test_a_function_behind_a_library_decorator_counts_by_its_code(tmp_path):
@@ -374,7 +381,7 @@ def test_plain_data_counts_by_value():
     assert _value_key(looped) == _value_key(looped)
 
 
-def test_arrays_count_by_dtype_shape_and_bytes():
+def test_arrays_count_by_dtype_shape_and_bytes(tmp_path):
     array = numpy.arange(12, dtype='float64').reshape(3, 4)
     assert _value_key(array) == _value_key(array.copy())
     assert _value_key(array) != _value_key(array.astype('float32'))
@@ -383,6 +390,12 @@ def test_arrays_count_by_dtype_shape_and_bytes():
     changed[1, 1] = -1
     assert _value_key(array) != _value_key(changed)
     assert _value_key(array[:, ::2]) == _value_key(numpy.ascontiguousarray(array[:, ::2]))
+    mapped = numpy.memmap(tmp_path / 'array.bin', dtype='float64', mode='w+', shape=(3, 4))
+    mapped[:] = array
+    assert _value_key(mapped) == _value_key(numpy.memmap(tmp_path / 'array.bin', dtype='float64',
+                                                         mode='r', shape=(3, 4)))
+    assert _value_key(numpy.ma.masked_array(array, array > 5)) != _value_key(
+        numpy.ma.masked_array(array, array > 6))
     assert _value_key(numpy.array([1, 'a', None], dtype=object)) == \
         _value_key(numpy.array([1, 'a', None], dtype=object))
 
