@@ -38,6 +38,12 @@ def load(directory, source, name='project', same_name=False):
     return module
 
 
+# Scripts import this runforrest, installed or not.
+ENVIRONMENT = {**os.environ, 'PYTHONPATH': os.pathsep.join(
+    filter(None, [os.path.dirname(os.path.abspath(runforrest.__file__)),
+                  os.environ.get('PYTHONPATH')]))}
+
+
 def run_script(directory, source, *arguments, seed='0'):
     """Run source as a script, python script.py, in a fresh interpreter; what
     it prints as JSON."""
@@ -45,7 +51,7 @@ def run_script(directory, source, *arguments, seed='0'):
     script.write_text(textwrap.dedent(source))
     result = subprocess.run([sys.executable, 'script.py', *arguments], cwd=directory,
                             capture_output=True, text=True, timeout=120,
-                            env={**os.environ, 'PYTHONHASHSEED': seed})
+                            env={**ENVIRONMENT, 'PYTHONHASHSEED': seed})
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -359,7 +365,7 @@ def test_functions_of_main_key_the_same_after_a_trip_through_dill(tmp_path):
          'from runforrest import _code_key\n'
          'compute = dill.load(open("compute.pkl", "rb"))\n'
          'print(json.dumps({"there": _code_key(compute), "value": compute(10)}))'],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=ENVIRONMENT)
     assert loaded.returncode == 0, loaded.stderr
     there = json.loads(loaded.stdout)
     assert there['value'] == 8
