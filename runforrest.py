@@ -858,6 +858,7 @@ class _Keyer:
         self.checking = False  # within an object whose reduction is checked
         self.checks = None  # while tokens are recorded for _FUNCTION_TOKENS
         self.volatile = False  # whether they hold data that may change unseen
+        self.inline = False  # whether classes are written in full (see _class_digest)
 
     def value(self, obj):
         write = _WRITERS.get(type(obj))
@@ -1119,15 +1120,25 @@ class _Keyer:
             return
         if self.seen(cls):
             return
-        # The user's class: its name, metaclass, bases and attributes, sorted by
-        # name (dill may rebuild a class's namespace in another order).
-        self.text(b'K', cls.__qualname__)
+        if self.inline:
+            self.class_body(cls)
+            return
+        cached = _CLASS_DIGESTS.get(cls)
+        if cached is None or not all(holds() for holds in cached[1]):
+            cached = _class_digest(cls)
+        digest, checks, volatile = cached
+        self.out.append(b'K' + digest)
+        self.volatile |= volatile
         if self.checks is not None:
-            bases, members = cls.__bases__, tuple(vars(cls).values())
-            self.checks.append(lambda: cls.__bases__ is bases
-                               and _same(vars(cls).values(), members))
+            self.checks.extend(checks)
+
+    def class_body(self, cls):
+        # Attributes sorted by name: dill may rebuild a namespace in another order.
+        self.text(b'K', cls.__qualname__)
+        bases, members = cls.__bases__, tuple(vars(cls).values())
+        self.checks.append(lambda: cls.__bases__ is bases and _same(vars(cls).values(), members))
         self.value(type(cls))
-        self.value(cls.__bases__)
+        self.value(bases)
         lenient, self.lenient = self.lenient, True
         try:
             namespace = vars(cls)
@@ -1140,7 +1151,10 @@ class _Keyer:
                 elif isinstance(member, property):
                     self.out.append(b'P')
                     member = (member.fget, member.fset, member.fdel)
+                volatile = self.volatile
                 self.value(member)
+                if not callable(member) and type(member) is not tuple:
+                    self.volatile = volatile  # the class's data: checked by identity only
         finally:
             self.lenient = lenient
 
@@ -1202,6 +1216,32 @@ class _Keyer:
         except NotKeyable as error:
             error.path.insert(0, f'<{type(obj).__name__}>')
             raise
+
+
+_CLASS_DIGESTS = {}  # the user's class -> (digest, checks that it still holds, volatile)
+
+
+def _class_digest(cls):
+    """(digest, checks, volatile) of a user's class: its name, metaclass,
+    bases and attributes, methods by their code.
+
+    Worked out on a _Keyer of its own, which writes every class it meets in
+    full, so that the digest depends on nothing but the class and what it
+    reaches, not on where or when the class is met; kept while its
+    attributes are the same objects and what its methods read is unchanged
+    (see _FUNCTION_TOKENS). Data in a class's attributes counts by its value
+    when the class is first keyed in a process: changed in place later, it
+    is not seen again in that process.
+    """
+    import hashlib
+    keyer = _Keyer()
+    keyer.checks, keyer.inline = [], True
+    keyer.seen(cls)  # a method that names its class refers back to it
+    keyer.class_body(cls)
+    result = (hashlib.sha256(b''.join(keyer.out)).digest(), keyer.checks, keyer.volatile)
+    if not keyer.volatile:
+        _CLASS_DIGESTS[cls] = result
+    return result
 
 
 _CONSTANTS = {None: b'N', True: b'T', False: b'F', Ellipsis: b'E', NotImplemented: b'I'}

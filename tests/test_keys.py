@@ -284,6 +284,31 @@ def test_a_function_behind_a_library_decorator_counts_by_its_code(tmp_path):
     assert _code_key(one.opened) == _code_key(three.opened)
 
 
+def test_classes_that_name_each_other_key_the_same_whichever_comes_first(tmp_path):
+    source = '''
+        class Tree:
+            def grow(self):
+                return Leaf()
+
+        class Leaf:
+            kind = 'green'
+
+            def parent(self):
+                return Tree()
+    '''
+    one, two = load(tmp_path / 'one', source), load(tmp_path / 'two', source)
+    tree_first = [_value_key(one.Tree), _value_key(one.Leaf)]
+    leaf_first = [_value_key(two.Leaf), _value_key(two.Tree)][::-1]
+    assert tree_first == leaf_first
+    changed = load(tmp_path / 'three', source.replace('return Tree()', 'return None'))
+    assert _value_key(changed.Tree) != tree_first[0]  # through the cycle
+    # Changed in this process: a method, an attribute.
+    one.Leaf.parent = lambda self: None
+    assert _value_key(one.Tree) != tree_first[0]
+    two.Leaf.kind = 'brown'
+    assert _value_key(two.Tree) != tree_first[0]
+
+
 def functools_partial(*args, **kwargs):
     import functools
     return functools.partial(*args, **kwargs)
