@@ -628,10 +628,11 @@ def _file_signature(path):
     copy that keeps the modification time (cp -p, rsync -t) is hashed anew."""
     import stat
     status = os.stat(path)
+    if stat.S_ISDIR(status.st_mode):
+        raise IsADirectoryError(errno.EISDIR, 'a directory, not a file '
+                                              '(give File() each file in it)', path)
     if not stat.S_ISREG(status.st_mode):
-        raise IsADirectoryError(errno.EISDIR, 'not a regular file', path) \
-            if stat.S_ISDIR(status.st_mode) else \
-            OSError(errno.EINVAL, 'not a regular file', path)
+        raise OSError(errno.EINVAL, 'not a regular file', path)
     return status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino
 
 
@@ -729,7 +730,8 @@ def _is_library_file(filename):
 def _is_library_module(module):
     if module.__name__ == _MAIN_MODULE:
         return False
-    location = getattr(module, '__file__', None) or next(iter(getattr(module, '__path__', ())), None)
+    location = getattr(module, '__file__', None) or next(iter(getattr(module, '__path__', ())),
+                                                         None)
     return location is None or _is_library_file(location)  # None: built into Python
 
 
@@ -940,6 +942,7 @@ class _Keyer:
         self.checking = False  # within an object whose reduction is checked
         self.checks = None  # while tokens are recorded for _FUNCTION_TOKENS
         self.volatile = False  # whether they hold data that may change unseen
+        self.inline = False  # whether classes are written in full (see _class_digest)
 
     def value(self, obj):
         write = _WRITERS.get(type(obj))
@@ -1040,7 +1043,8 @@ class _Keyer:
 
     def array(self, array):
         self.volatile = True
-        header = b'%s;%s;' % (str(array.dtype.descr).encode(), str(array.shape).encode())
+        header = b'%s;%s;%s;' % (type(array).__name__.encode(), str(array.dtype.descr).encode(),
+                                 str(array.shape).encode())
         if array.dtype.hasobject:
             self.out.append(b'A' + header)
             self.value(array.tolist())
@@ -1056,12 +1060,17 @@ class _Keyer:
         self.out.append(b'a' + order + header + _array_digest(raw, array))
 
     def file(self, file):
-        # A File as a value: the path it gives and the content it names.
         path = file._args[0]
         self.volatile = True
-        self.out.append(b'F')
-        self.value(path)
-        self.out.append(_file_digest(path, self.files))
+        self.out.append(b'p')
+        self.value(path)  # as the task receives it: a task may use the name
+        try:
+            self.out.append(_file_digest(path, self.files))
+        except OSError as error:
+            raise type(error)(error.errno, f'cannot key the input file {os.fsdecode(path)!r}: '
+                                           f'{error.strerror}. File() names a file that a task '
+                                           f'reads: it must be there when the task is scheduled',
+                              error.filename) from None
 
     def task(self, obj):
         self.refuse(obj, 'it is a task inside a value that runforrest does not look into '
@@ -1082,8 +1091,8 @@ class _Keyer:
         if cached is not None and all(holds() for holds in cached[2]):
             tokens, written, checks = cached
             self.out.append(tokens)
-            for obj in written:
-                self.seen(obj)
+            self.written = {id(obj): index for index, obj in enumerate(written)}
+            self.keep = list(written)
             return
         mark, self.checks, self.volatile = len(self.out), [], False
         try:
@@ -1127,7 +1136,11 @@ class _Keyer:
         not at all (the module counts by its name)."""
         obj, walked = _look_up_global(namespace, dotted)
         if self.checks is not None:
-            self.checks.append(lambda: _look_up_global(namespace, dotted)[0] is obj)
+            if walked == 1 and dotted[0] in namespace:  # the common case, made quick
+                name = dotted[0]
+                self.checks.append(lambda: namespace.get(name, _ABSENT) is obj)
+            else:
+                self.checks.append(lambda: _look_up_global(namespace, dotted)[0] is obj)
         self.text(b'g', '.'.join(dotted[:walked]))
         self.value(obj)
 
@@ -1168,7 +1181,7 @@ class _Keyer:
         if owner is None or type(owner) is type(sys):
             self.text(b'B', f'{module}.{fun.__qualname__}')
         else:  # a bound method of an object: [].append, '-'.join
-            self.text(b'b', f'{module or type(owner).__module__}.{fun.__qualname__}')
+            self.text(b'o', f'{module or type(owner).__module__}.{fun.__qualname__}')
             self.value(owner)
 
     def method(self, method):
@@ -1191,14 +1204,25 @@ class _Keyer:
             return
         if self.seen(cls):
             return
-        # The user's class: its name, metaclass, bases and attributes, sorted by
-        # name (dill may rebuild a class's namespace in another order).
-        self.text(b'K', cls.__qualname__)
+        if self.inline:
+            self.class_body(cls)
+            return
+        cached = _CLASS_DIGESTS.get(cls)
+        if cached is None or not all(holds() for holds in cached[1]):
+            cached = _class_digest(cls)
+        digest, checks, volatile = cached
+        self.out.append(b'K' + digest)
+        self.volatile |= volatile
         if self.checks is not None:
-            bases, members = cls.__bases__, tuple(vars(cls).values())
-            self.checks.append(lambda: cls.__bases__ is bases and _same(vars(cls).values(), members))
+            self.checks.extend(checks)
+
+    def class_body(self, cls):
+        # Attributes sorted by name: dill may rebuild a namespace in another order.
+        self.text(b'K', cls.__qualname__)
+        bases, members = cls.__bases__, tuple(vars(cls).values())
+        self.checks.append(lambda: cls.__bases__ is bases and _same(vars(cls).values(), members))
         self.value(type(cls))
-        self.value(cls.__bases__)
+        self.value(bases)
         lenient, self.lenient = self.lenient, True
         try:
             namespace = vars(cls)
@@ -1206,12 +1230,15 @@ class _Keyer:
                 member = namespace[name]
                 self.text(b'n', name)
                 if isinstance(member, (staticmethod, classmethod)):
-                    self.out.append(b'S' if isinstance(member, staticmethod) else b'c')
+                    self.out.append(b'S' if isinstance(member, staticmethod) else b'Q')
                     member = member.__func__
                 elif isinstance(member, property):
                     self.out.append(b'P')
                     member = (member.fget, member.fset, member.fdel)
+                volatile = self.volatile
                 self.value(member)
+                if not callable(member) and type(member) is not tuple:
+                    self.volatile = volatile  # the class's data: checked by identity only
         finally:
             self.lenient = lenient
 
@@ -1227,6 +1254,7 @@ class _Keyer:
             import pickle as pickling
             module = getattr(obj, '__module__', None) or pickling.whichmodule(obj, reduced)
             self.text(b'G', f'{module}.{reduced}')
+            self.surrounding(getattr(obj, '__wrapped__', None))  # functools.lru_cache, ...
             return
         identity = id(obj)
         if identity in self.active:
@@ -1274,6 +1302,32 @@ class _Keyer:
             raise
 
 
+_CLASS_DIGESTS = {}  # the user's class -> (digest, checks that it still holds, volatile)
+
+
+def _class_digest(cls):
+    """(digest, checks, volatile) of a user's class: its name, metaclass,
+    bases and attributes, methods by their code.
+
+    Worked out on a _Keyer of its own, which writes every class it meets in
+    full, so that the digest depends on nothing but the class and what it
+    reaches, not on where or when the class is met; kept while its
+    attributes are the same objects and what its methods read is unchanged
+    (see _FUNCTION_TOKENS). Data in a class's attributes counts by its value
+    when the class is first keyed in a process: changed in place later, it
+    is not seen again in that process.
+    """
+    import hashlib
+    keyer = _Keyer()
+    keyer.checks, keyer.inline = [], True
+    keyer.seen(cls)  # a method that names its class refers back to it
+    keyer.class_body(cls)
+    result = (hashlib.sha256(b''.join(keyer.out)).digest(), keyer.checks, keyer.volatile)
+    if not keyer.volatile:
+        _CLASS_DIGESTS[cls] = result
+    return result
+
+
 _CONSTANTS = {None: b'N', True: b'T', False: b'F', Ellipsis: b'E', NotImplemented: b'I'}
 _SEQUENCE_TAGS = {tuple: b'(', list: b'['}
 
@@ -1284,7 +1338,7 @@ def _writer_of(obj):
     import types
     kind = type(obj)
     numpy = sys.modules.get('numpy')
-    if numpy is not None and kind is numpy.ndarray:
+    if numpy is not None and kind in (numpy.ndarray, numpy.memmap):  # subclasses: by reduction
         write = _WRITERS[kind] = _Keyer.array
     elif isinstance(obj, type):
         write = _Keyer.cls  # a metaclass's instance: ABCMeta, EnumMeta, ...
@@ -1337,15 +1391,20 @@ def _write(keyer, obj, describe):
     try:
         keyer.value(obj)
     except NotKeyable as error:
-        where = describe() + (f', at {"".join(error.path)}' if error.path else '')
-        article = 'an' if error.type_name[:1].lower() in 'aeiou' else 'a'
-        raise NotKeyable(
-            f'cannot key {where}: {article} {error.type_name} cannot be part of a '
-            f"task's key, since {error}. A task's key is made from the values it is "
-            f'given, by which a task list knows whether it has run already; pass '
-            f'plain values instead (a list rather than a generator, a file name '
-            f'rather than an open file, in File() if the task reads it), or create '
-            f'such objects inside the task', type_name=error.type_name, where=where) from None
+        raise _refusal(error, describe()) from None
+
+
+def _refusal(error, what):
+    """The NotKeyable to raise for error, raised by a _Keyer, in what."""
+    where = what + (f', at {"".join(error.path)}' if error.path else '')
+    article = 'an' if error.type_name[:1].lower() in 'aeiou' else 'a'
+    return NotKeyable(
+        f'cannot key {where}: {article} {error.type_name} cannot be part of a '
+        f"task's key, since {error}. A task's key is made from the values it is "
+        f'given, by which a task list knows whether it has run already; pass '
+        f'plain values instead (a list rather than a generator, a file name '
+        f'rather than an open file, in File() if the task reads it), or create '
+        f'such objects inside the task', type_name=error.type_name, where=where)
 
 
 def _value_key(obj, files=None):
@@ -1450,31 +1509,34 @@ def _task_key(task, dependency_keys=None, extra=None, files=None):
 
 def _node_key(node, key_of, files, extra):
     keyer = _Keyer(files)
+    out, write = keyer.out, keyer.value
     if type(node) is File:
         keyer.file(node)
     else:
-        def write(value, describe):
-            if isinstance(value, Task):
-                keyer.out.append(b'D' + key_of(value).encode())
-            else:
-                _write(keyer, value, describe)
-
-        fun = node._fun
-        write(fun, lambda: f'the function {_abbreviate(fun)}')
-        keyer.out.append(b'%d;' % len(node._args))
-        for position, arg in enumerate(node._args):
-            write(arg, lambda: _argument_name(node, position))
-        for name in sorted(node._kwargs):
-            keyer.text(b'k', name)
-            write(node._kwargs[name], lambda: _argument_name(node, name))
+        which = None  # the function; then an argument's position or name
+        out.append(b'%d;' % len(node._args))
+        try:
+            for which, value in ((None, node._fun), *enumerate(node._args),
+                                 *sorted(node._kwargs.items())):
+                if type(which) is str:
+                    keyer.text(b'k', which)
+                if isinstance(value, Task):
+                    out.append(b'D' + key_of(value).encode())
+                else:
+                    write(value)
+        except NotKeyable as error:
+            raise _refusal(error, _argument_name(node, which)) from None
     if extra is not None:
-        keyer.out.append(b'+')
+        out.append(b'+')
         _write(keyer, extra, lambda: "the task's extra key values")
-    return _key_of(keyer.out)
+    return _key_of(out)
 
 
 def _argument_name(node, which):
-    """Which argument of a task's node, in the words of the user's call."""
+    """Which argument of a task's node, in the words of the user's call;
+    which=None for its function."""
+    if which is None:
+        return f'the function {_abbreviate(node._fun)}'
     if isinstance(node, Value):
         return 'the data'
     if node._fun is _build:
@@ -1482,7 +1544,8 @@ def _argument_name(node, which):
     if node._fun is _build_dict:
         return f'the value for {node._args[0][which - 1]!r} in a dict given to a task'
     argument = f'argument {which}' if isinstance(which, int) else f'argument {which}='
-    return f'{argument} of {_describe(node._fun, 0) if isinstance(node._fun, Task) else _abbreviate(node._fun)}'
+    fun = node._fun
+    return f'{argument} of {_describe(fun, 0) if isinstance(fun, Task) else _abbreviate(fun)}'
 
 
 # ---------------------------------------------------------------------------

@@ -22,19 +22,26 @@ numpy = pytest.importorskip('numpy')
 _loaded = 0
 
 
-def load(directory, source, name='project'):
+def load(directory, source, name='project', same_name=False):
     """Import source, written to directory/name.py, as a module of its own:
-    each version of a project's file is a new module, as in a fresh run."""
+    each version of a project's file is a new module, as in a fresh run.
+    Their names differ, unless same_name, as they would not in two runs."""
     global _loaded
     _loaded += 1
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f'{name}.py'
     path.write_text(textwrap.dedent(source))
-    spec = importlib.util.spec_from_file_location(f'{name}_{_loaded}', path)
+    spec = importlib.util.spec_from_file_location(name if same_name else f'{name}_{_loaded}', path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# Scripts import this runforrest, installed or not.
+ENVIRONMENT = {**os.environ, 'PYTHONPATH': os.pathsep.join(
+    filter(None, [os.path.dirname(os.path.abspath(runforrest.__file__)),
+                  os.environ.get('PYTHONPATH')]))}
 
 
 def run_script(directory, source, *arguments, seed='0'):
@@ -44,7 +51,7 @@ def run_script(directory, source, *arguments, seed='0'):
     script.write_text(textwrap.dedent(source))
     result = subprocess.run([sys.executable, 'script.py', *arguments], cwd=directory,
                             capture_output=True, text=True, timeout=120,
-                            env={**os.environ, 'PYTHONHASHSEED': seed})
+                            env={**ENVIRONMENT, 'PYTHONHASHSEED': seed})
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -128,6 +135,29 @@ def test_changes_to_the_code_change_its_key(tmp_path):
         assert changed != original, what
 
 
+def test_code_in_another_module_of_the_project_counts(tmp_path):
+    user = '''
+        import helpers
+        from helpers import offset
+
+        def compute(x):
+            return helpers.scale(x) + offset(x)
+    '''
+    keys = []
+    for scale, offset in (('2', '1'), ('2', '1'), ('3', '1'), ('2', '0')):
+        load(tmp_path / f'helpers{len(keys)}', f'''
+            def scale(x):
+                return x * {scale}
+
+            def offset(x):
+                return {offset}
+        ''', 'helpers', same_name=True)
+        keys.append(key_of_compute(tmp_path / f'user{len(keys)}', user))
+    del sys.modules['helpers']
+    assert keys[0] == keys[1]
+    assert len(set(keys)) == 3
+
+
 def test_docstrings_comments_blank_lines_and_moves_do_not_change_the_key(tmp_path):
     original = key_of_compute(tmp_path / 'a', PROJECT)
     cosmetic = {
@@ -208,6 +238,11 @@ def test_recursion_lambdas_methods_classes_and_partials(tmp_path):
             return x * factor
 
         double = functools.partial(scaled, factor=2)
+
+        def scaler(factor):
+            def scale(x):
+                return x * factor
+            return scale
     ''')
     one = load(tmp_path / 'one', source)
     two = load(tmp_path / 'two', source.replace('return n != 0 and', 'return n > 0 and'))
@@ -222,6 +257,56 @@ def test_recursion_lambdas_methods_classes_and_partials(tmp_path):
     assert _value_key(one.Counter(1)) != _value_key(changed.Counter(1))
     assert _code_key(one.double) != _code_key(functools_partial(one.scaled, factor=3))
     assert _code_key(one.double) == _code_key(three.double)
+    assert _code_key(one.scaler(2)) == _code_key(three.scaler(2))  # closures
+    assert _code_key(one.scaler(2)) != _code_key(one.scaler(3))
+
+
+def test_a_function_behind_a_library_decorator_counts_by_its_code(tmp_path):
+    source = textwrap.dedent('''
+        import contextlib
+        import functools
+
+        @functools.lru_cache(maxsize=None)
+        def cached(x):
+            return x + 1
+
+        @contextlib.contextmanager  # a function of contextlib's, wrapping this one
+        def opened(x):
+            yield x + 1
+    ''')
+    one = load(tmp_path / 'one', source, 'decorated', same_name=True)
+    two = load(tmp_path / 'two', source.replace('x + 1', 'x + 2'), 'decorated', same_name=True)
+    three = load(tmp_path / 'three', source.replace('import functools', 'import functools\n'),
+                 'decorated', same_name=True)
+    assert _code_key(one.cached) != _code_key(two.cached)
+    assert _code_key(one.cached) == _code_key(three.cached)
+    assert _code_key(one.opened) != _code_key(two.opened)
+    assert _code_key(one.opened) == _code_key(three.opened)
+
+
+def test_classes_that_name_each_other_key_the_same_whichever_comes_first(tmp_path):
+    source = '''
+        class Tree:
+            def grow(self):
+                return Leaf()
+
+        class Leaf:
+            kind = 'green'
+
+            def parent(self):
+                return Tree()
+    '''
+    one, two = load(tmp_path / 'one', source), load(tmp_path / 'two', source)
+    tree_first = [_value_key(one.Tree), _value_key(one.Leaf)]
+    leaf_first = [_value_key(two.Leaf), _value_key(two.Tree)][::-1]
+    assert tree_first == leaf_first
+    changed = load(tmp_path / 'three', source.replace('return Tree()', 'return None'))
+    assert _value_key(changed.Tree) != tree_first[0]  # through the cycle
+    # Changed in this process: a method, an attribute.
+    one.Leaf.parent = lambda self: None
+    assert _value_key(one.Tree) != tree_first[0]
+    two.Leaf.kind = 'brown'
+    assert _value_key(two.Tree) != tree_first[0]
 
 
 def functools_partial(*args, **kwargs):
@@ -305,7 +390,7 @@ def test_functions_of_main_key_the_same_after_a_trip_through_dill(tmp_path):
          'from runforrest import _code_key\n'
          'compute = dill.load(open("compute.pkl", "rb"))\n'
          'print(json.dumps({"there": _code_key(compute), "value": compute(10)}))'],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=ENVIRONMENT)
     assert loaded.returncode == 0, loaded.stderr
     there = json.loads(loaded.stdout)
     assert there['value'] == 8
@@ -327,7 +412,7 @@ def test_plain_data_counts_by_value():
     assert _value_key(looped) == _value_key(looped)
 
 
-def test_arrays_count_by_dtype_shape_and_bytes():
+def test_arrays_count_by_dtype_shape_and_bytes(tmp_path):
     array = numpy.arange(12, dtype='float64').reshape(3, 4)
     assert _value_key(array) == _value_key(array.copy())
     assert _value_key(array) != _value_key(array.astype('float32'))
@@ -336,6 +421,12 @@ def test_arrays_count_by_dtype_shape_and_bytes():
     changed[1, 1] = -1
     assert _value_key(array) != _value_key(changed)
     assert _value_key(array[:, ::2]) == _value_key(numpy.ascontiguousarray(array[:, ::2]))
+    mapped = numpy.memmap(tmp_path / 'array.bin', dtype='float64', mode='w+', shape=(3, 4))
+    mapped[:] = array
+    assert _value_key(mapped) == _value_key(numpy.memmap(tmp_path / 'array.bin', dtype='float64',
+                                                         mode='r', shape=(3, 4)))
+    assert _value_key(numpy.ma.masked_array(array, array > 5)) != _value_key(
+        numpy.ma.masked_array(array, array > 6))
     assert _value_key(numpy.array([1, 'a', None], dtype=object)) == \
         _value_key(numpy.array([1, 'a', None], dtype=object))
 
@@ -451,6 +542,11 @@ def test_what_cannot_be_keyed_is_refused_naming_the_argument(tmp_path):
     finally:
         handle.close()
         connection.close()
+    # defer() takes a lock or an open file, which dill can carry; a key cannot.
+    with open(tmp_path / 'file.txt') as handle:
+        for value in (threading.Lock(), handle):
+            with pytest.raises(NotKeyable, match='cannot key argument 0 of compute'):
+                _task_key(defer(compute, value))
     with pytest.raises(NotKeyable, match=r'item 1 of a list given to a task'):
         _task_key(defer(compute, [defer(1), threading.Lock()]))
 
