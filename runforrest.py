@@ -1683,9 +1683,20 @@ def _dumps(obj):
 _PLAIN_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
 
+_picklable_functions = None  # a WeakSet of the functions found picklable before
+
+
 def _check_picklable(obj, describe):
-    """Raise NotPicklable, with what describe() says obj is, if it is not picklable."""
+    """Raise NotPicklable, with what describe() says obj is, if it is not picklable.
+
+    A function is checked once: pickling one of a script with dill costs
+    half a millisecond, and should what it reads turn unpicklable later,
+    schedule() says so."""
+    global _picklable_functions
     if type(obj) in _PLAIN_TYPES:
+        return
+    function = type(obj).__name__ == 'function'
+    if function and _picklable_functions is not None and obj in _picklable_functions:
         return
     try:
         _dump(obj, _Discard())
@@ -1695,6 +1706,11 @@ def _check_picklable(obj, describe):
             f'a pickle; pass something picklable instead (a file name rather '
             f'than an open file, say), or create it inside the task',
             type_name=error.type_name) from None
+    if function:
+        if _picklable_functions is None:
+            import weakref
+            _picklable_functions = weakref.WeakSet()
+        _picklable_functions.add(obj)
 
 
 def _write_atomically(path, write, durable=True, temporary=None):
@@ -3899,7 +3915,8 @@ class Run:
         tasklist = self.tasklist
         tasklist._make_layout()
         with tasklist._driver_lock() as lock:
-            backend = self._backend()  # a forkserver starts while the list syncs
+            # A forkserver starts while the list syncs, if there is work.
+            backend = self._backend(eager=bool(tasklist._names('todo')))
             report, settling, filed = None, None, []
             spares, running = deque(), set()  # see TaskList._settle
             try:
@@ -4005,7 +4022,7 @@ class Run:
                 if report is not None:
                     report.close()
 
-    def _backend(self):
+    def _backend(self, eager):
         sessionfile = None
         if self.save_session:
             import dill
@@ -4017,8 +4034,9 @@ class Run:
         if self.executor is not None:
             return _ExecutorBackend(self.tasklist, self.executor, self.nprocesses,
                                     self.autokill, self.memory_limit, sessionfile)
-        return _LocalBackend(self.tasklist, self.nprocesses, _Supervisor(
-            self.start_method, self.preload, self.autokill, self.memory_limit, sessionfile))
+        return _LocalBackend(self.tasklist, self.nprocesses, lambda: _Supervisor(
+            self.start_method, self.preload, self.autokill, self.memory_limit, sessionfile),
+            eager)
 
     def _retry(self, name, attempts):
         if attempts.get(name, 0) >= self.retries:
@@ -4047,10 +4065,14 @@ class Run:
 
 
 class _LocalBackend:
-    """Runs tasks on this machine, through a `_Supervisor`."""
+    """Runs tasks on this machine, through a `_Supervisor`, made by
+    make_supervisor now if eager, else for the first task: a run with
+    nothing to run (on a reuse list, say) starts no process."""
 
-    def __init__(self, tasklist, nprocesses, supervisor):
-        self.tasklist, self.nprocesses, self.supervisor = tasklist, nprocesses, supervisor
+    def __init__(self, tasklist, nprocesses, make_supervisor, eager):
+        self.tasklist, self.nprocesses = tasklist, nprocesses
+        self.make_supervisor = make_supervisor
+        self.supervisor = make_supervisor() if eager else None
 
     def adopt(self, marked):
         for name in marked:  # marks of a driver that died; its tasks died with it
@@ -4058,13 +4080,15 @@ class _LocalBackend:
         return set()
 
     def busy(self):
-        return len(self.supervisor) > 0
+        return self.supervisor is not None and len(self.supervisor) > 0
 
     def has_room(self):
-        return len(self.supervisor) < self.nprocesses
+        return self.supervisor is None or len(self.supervisor) < self.nprocesses
 
     def start(self, name):
         tasklist = self.tasklist
+        if self.supervisor is None:
+            self.supervisor = self.make_supervisor()
         self.supervisor.start(tasklist._path('todo', name), tasklist._path('collect', name),
                               tasklist._path('output', name))
 
@@ -4072,7 +4096,8 @@ class _LocalBackend:
         return [_name_of(path) for path in self.supervisor.wait()]
 
     def close(self):
-        self.supervisor.close()
+        if self.supervisor is not None:
+            self.supervisor.close()
 
 
 def _mark_running(tasklist, name, where):

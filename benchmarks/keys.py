@@ -12,7 +12,12 @@ Measures:
     has been hashed, against joblib.hash of it per task;
   - rekey: keying the tasks of an unchanged 100,000-task script, defer(f, i)
     with f a function of the script that calls a helper and reads a module
-    constant: the cost per task, against joblib.hash of (f, i).
+    constant: the cost per task, against joblib.hash of (f, i);
+  - rerun: running such a script again, in a fresh interpreter, on a task
+    list opened with reuse=True: opening the list and scheduling every task,
+    keying included, per task. Its 100,000 tasks wait in todo/ (running them
+    first would take most of an hour); a smaller list, run to the end first,
+    shows that a match in done/ costs the same and starts no process.
 Needs numpy; joblib (pip install runforrest[bench]) for the comparisons.
 Prints Markdown tables and the targets met. The machine may be shared: the
 ratios of one run mean more than its absolute numbers.
@@ -139,6 +144,62 @@ def rekey(ntasks):
     check('rekey: keying µs per task', key_seconds / ntasks * 1e6, 25, False)
 
 
+RERUN_SCRIPT = '''
+import resource, sys, time
+from runforrest import TaskList, defer
+SCALE = 3
+
+
+def helper(x):
+    return x * 2
+
+
+def compute(x):
+    return helper(x) + SCALE
+
+
+directory, ntasks, run = sys.argv[1], int(sys.argv[2]), sys.argv[3] == 'run'
+started = time.perf_counter()
+tasklist = TaskList(directory, reuse=True)
+for number in range(ntasks):
+    tasklist.schedule(defer(compute, number))
+tasklist.flush()
+scheduling = time.perf_counter() - started
+reused = [task.reused for task in tasklist.run(nprocesses=2)] if run else []
+children = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(scheduling, sum(reused), children.ru_utime + children.ru_stime)
+'''
+
+
+def rerun(ntasks, nrun):
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix='runforrest-bench-keys-') as directory:
+        script = os.path.join(directory, 'script.py')
+        with open(script, 'w') as file:
+            file.write(RERUN_SCRIPT)
+        env = {**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path[1:2])}
+
+        def run(tasklist, count, mode):
+            done = subprocess.run([sys.executable, script, os.path.join(directory, tasklist),
+                                   str(count), mode], capture_output=True, text=True, env=env,
+                                  check=True)
+            seconds, reused, cpu = done.stdout.split()
+            return float(seconds) / count * 1e3, int(reused), float(cpu)
+
+        first, _, _ = run('waiting', ntasks, 'schedule')
+        again, _, _ = run('waiting', ntasks, 'schedule')
+        run('done', nrun, 'run')
+        done_again, reused, cpu = run('done', nrun, 'run')
+    table(f'Running an unchanged script again on a reuse list', ['', 'ms per task'],
+          [[f'first run, {ntasks:,} tasks scheduled', f'{first:.3f}'],
+           [f'again, {ntasks:,} tasks matched in todo/', f'{again:.3f}'],
+           [f'again, {nrun:,} tasks matched in done/ ({reused} reused, '
+            f'{cpu:.2f} s of CPU in child processes)', f'{done_again:.3f}']])
+    check('rerun: scheduling ms per task', again, 0.1, False)
+    check('rerun: child processes started (CPU seconds)', cpu, 0, False)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='smaller sizes')
@@ -151,6 +212,7 @@ def main():
     shared_array(array, min(ntasks, 10_000))
     del array
     rekey(ntasks)
+    rerun(ntasks, 200 if options.quick else 2_000)
     table('Targets', ['measure', 'value', 'target', 'verdict'], CHECKS)
     return 0 if all(row[-1] == 'pass' for row in CHECKS) else 1
 

@@ -314,3 +314,31 @@ def test_tasks_scheduled_from_the_loop_body_join_a_reuse_run(tmp_path):
         return seen
     assert run() == [(2, False), (4, False), (8, False)]
     assert run() == [(2, True), (4, True), (8, True)]
+
+
+NO_PROCESS = '''
+import resource, sys
+from runforrest import TaskList, defer
+tasklist = TaskList(sys.argv[1], reuse=True)
+for exponent in range(3):
+    tasklist.schedule(defer(pow, 2, exponent))
+reused = [task.reused for task in tasklist.run(nprocesses=2)]
+children = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(reused, children.ru_utime + children.ru_stime)
+'''
+
+
+def test_a_run_with_nothing_to_run_starts_no_process(tmp_path):
+    script = tmp_path / 'script.py'
+    script.write_text(NO_PROCESS)
+
+    def run():
+        done = subprocess.run([sys.executable, str(script), str(tmp_path / 'list')],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        reused, seconds = done.stdout.rsplit(' ', 1)
+        return reused, float(seconds)
+
+    assert run()[0] == '[False, False, False]'
+    # A process would show here: even an interpreter that only starts takes CPU.
+    assert run() == ('[True, True, True]', 0.0)
