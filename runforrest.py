@@ -1074,8 +1074,12 @@ class TaskList:
         todo = set(self._names('todo'))
         for state in ('done', 'fail'):
             for name in todo.intersection(self._names(state)):
-                if _state_of(self._path('todo', name)) != 'todo':
-                    continue  # a result put back by hand, to run again
+                # A result in todo/ was put back to run again (by retry(), or
+                # by hand); a result filed since is newer, and means it did.
+                put_back = self._path('todo', name)
+                if _state_of(put_back) != 'todo' and os.stat(put_back).st_mtime_ns >= \
+                        os.stat(self._path(state, name)).st_mtime_ns:
+                    continue
                 if _is_whole(self._path(state, name)):
                     _unlink(self._path('todo', name))
                 else:
