@@ -1176,8 +1176,12 @@ class _DriverLock:
                 f'is running {self.directory}; wait for it to finish, or stop '
                 f'it, and run again') from None
         self.info = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': _now()}
-        os.ftruncate(self.fd, 0)
-        self.publish()
+        try:
+            os.ftruncate(self.fd, 0)
+            self.publish()
+        except BaseException:  # a full disk, say: the lock must not outlive the error
+            os.close(self.fd)
+            raise
         return self
 
     def publish(self, **fields):
