@@ -2029,7 +2029,7 @@ class _Supervisor:
     def _police(self):
         now = time.monotonic()
         watched = [job for job in self.jobs.values() if job.pid and job.cause is None]
-        if self.abandon_unless and not os.path.exists(self.abandon_unless):
+        if self.abandon_unless and not _still_wanted(self.abandon_unless):
             self.abandoned = True
             for job in watched:
                 _kill_group(job.pid)
@@ -2533,11 +2533,20 @@ class _RemoteTraceback(Exception):
 _ABANDON_POLL = 0.5  # seconds between checks whether the driver gave up on a task
 
 
+def _still_wanted(mark):
+    """Whether a driver still waits for the task whose mark (in running/) this
+    is: the mark is there, and a driver holds the list's lock, which a driver
+    that dies, however it dies, lets go of."""
+    lock = os.path.join(os.path.dirname(os.path.dirname(mark)), _LOCKFILE)
+    return os.path.exists(mark) and _DriverLock.holder(lock) is not None
+
+
 def _supervise(todo, result, output=None, autokill=None, memory_limit=None,
                sessionfile=None, abandon_unless=None):
     """Run one task in a process of its own, with autokill and the memory
     limit, and wait for it: what an executor's worker or a SLURM job does.
-    Kills the task, recording nothing, if the file abandon_unless vanishes.
+    Kills the task, recording nothing, if the file abandon_unless vanishes
+    or its driver dies (see `_still_wanted`).
     Returns whether the task succeeded."""
     supervisor = _Supervisor('spawn', (), autokill, _parse_bytes(memory_limit),
                              sessionfile, abandon_unless, in_job=True)
