@@ -8,7 +8,7 @@ import pytest
 import runforrest
 from runforrest import pmap
 
-import tasks_everyday as tasks
+import tasks
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -72,7 +72,7 @@ def test_raise_raises_the_first_error_in_input_order(tmp_path):
         list(pmap(tasks.step, items, nprocesses=2, kwstar=True))
     cause = str(raised.value.__cause__)
     assert 'Traceback (most recent call last)' in cause
-    assert 'tasks_everyday.py' in cause and 'raise result' in cause
+    assert 'tasks.py' in cause and 'raise result' in cause
 
 
 def test_return_yields_errors_in_place():
