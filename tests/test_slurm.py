@@ -35,8 +35,16 @@ def cluster_is_up():
     return 'is UP' in ping.stdout
 
 
+def jobs_of_others(basetemp):
+    """Jobs in the queue that this test run did not submit: the cluster is
+    the machine's, and another test run may be using it too."""
+    listed = subprocess.run(['squeue', '-h', '-o', '%A %Z'], capture_output=True,
+                            text=True).stdout.splitlines()
+    return [line for line in listed if not line.split()[1].startswith(str(basetemp))]
+
+
 @pytest.fixture(scope='module')
-def slurm():
+def slurm(tmp_path_factory):
     started = False
     if not cluster_is_up():
         if os.geteuid() != 0:
@@ -49,7 +57,8 @@ def slurm():
             pytest.skip(f'the SLURM test cluster did not start:\n{up.stdout}\n{up.stderr}')
         started = True
     yield Slurm(poll_interval=0.3)
-    if started:
+    # slurm-down.sh cancels every job: not while others have some.
+    if started and not jobs_of_others(tmp_path_factory.getbasetemp()):
         subprocess.run(['bash', os.path.join(CI_DIR, 'slurm-down.sh')],
                        capture_output=True, timeout=300)
 
@@ -142,20 +151,39 @@ def start_driver(tmp_path, seconds):
                             text=True)
 
 
+def submitted_jobs(directory):
+    """The SLURM jobs of the tasks that a driver has in flight."""
+    return {running_mark(directory, name).split()[1].partition('_')[0]
+            for name in running_marks(directory)}
+
+
+def stop(driver, jobs):
+    """After a test: no driver, and none of these jobs, left behind."""
+    driver.kill()
+    driver.wait()
+    if jobs:
+        subprocess.run(['scancel', *jobs])
+
+
 def test_ctrl_c_cancels_the_submitted_jobs(tmp_path, slurm):
-    # The jobs would run for 1000 s: only a cancellation ends them.
+    # The jobs would run for 1000 s: only a cancellation ends them. (Two
+    # CPUs: some of them may still wait for their turn.)
     driver = start_driver(tmp_path, 1000)
     directory = tmp_path / 'list'
-    wait_for(lambda: len(running_marks(directory)) == 4, 'the jobs to be submitted',
-             timeout=60)
-    job_id = running_mark(directory, running_marks(directory)[0]).split()[1].partition('_')[0]
-    wait_for(lambda: list(job_states(job_id).values()).count('RUNNING') == 4,
-             'the jobs to run', timeout=60)
-    driver.send_signal(signal.SIGINT)
-    driver.wait(timeout=60)
-    wait_for(lambda: sorted(job_states(job_id).values()) == ['CANCELLED'] * 4,
-             f'SLURM to show the four jobs cancelled (it shows {job_states(job_id)})',
-             timeout=60)
+    jobs = set()
+    try:
+        wait_for(lambda: len(running_marks(directory)) == 4, 'the jobs to be submitted',
+                 timeout=60)
+        jobs = submitted_jobs(directory)
+        [job_id] = jobs
+        wait_for(lambda: 'RUNNING' in job_states(job_id).values(), 'a job to run', timeout=60)
+        driver.send_signal(signal.SIGINT)
+        driver.wait(timeout=60)
+        wait_for(lambda: sorted(job_states(job_id).values()) == ['CANCELLED'] * 4,
+                 f'SLURM to show the four jobs cancelled (it shows {job_states(job_id)})',
+                 timeout=60)
+    finally:
+        stop(driver, jobs)
     assert len(names(directory, 'todo')) == 4
     assert names(directory, 'done') == names(directory, 'fail') == []
     assert names(directory, 'collect') == []
@@ -163,12 +191,18 @@ def test_ctrl_c_cancels_the_submitted_jobs(tmp_path, slurm):
 
 def test_a_restarted_driver_picks_up_without_submitting_twice(tmp_path, slurm):
     driver = start_driver(tmp_path, 3)
-    wait_for(lambda: len(running_marks(tmp_path / 'list')) == 4, 'the jobs to be submitted',
-             timeout=60)
-    driver.kill()
-    driver.wait()
+    jobs = set()
+    try:
+        wait_for(lambda: len(running_marks(tmp_path / 'list')) == 4, 'the jobs to be submitted',
+                 timeout=60)
+        jobs = submitted_jobs(tmp_path / 'list')
+    finally:
+        stop(driver, set())  # its jobs go on, for the next driver to pick up
     restarted = start_driver(tmp_path, 3)
-    out, err = restarted.communicate(timeout=120)
+    try:
+        out, err = restarted.communicate(timeout=120)
+    finally:
+        stop(restarted, jobs)
     assert restarted.returncode == 0, err
     assert sorted(line.split()[1] for line in out.split('\n') if line) == ['0', '1', '2', '3']
     assert len(names(tmp_path / 'list', 'done')) == 4
