@@ -14,11 +14,12 @@ Covered:
   arguments) arrives as UnpicklableException with type name, message and
   traceback; one that holds a lock keeps its type name.
 - a task segfaults, aborts, SIGKILLs itself (TaskCrashed naming the signal),
-  calls os._exit(3) (exit code 3), closes its stdout and stderr (still done),
+  calls os._exit(3) (exit code 3), each with a child that must die too; closes its stdout and stderr (still done),
   writes junk to every descriptor it has (still done, the run goes on).
 - a task hangs, alone, with a `sleep 1000` child, with a multiprocessing
   child: autokill kills the whole group, TaskTimeout says so.
-- a task uses too much memory: memory_limit kills it, TaskOutOfMemory.
+- a task uses too much memory, alone or with children that each stay under
+  the limit: memory_limit kills its group, TaskOutOfMemory.
 - a task returns an unpicklable object (generator, socket): UnpicklableResult.
 - a task returns 300 MB: it arrives intact, and the driver's peak memory
   grows by about one copy (driver in a subprocess).
@@ -31,7 +32,8 @@ Covered:
   is room for it but not for its lifeline thread still runs once room comes.
   Tasks see OMP_NUM_THREADS=1 etc. unless the user set them.
 - retries=1: a task that crashes once ends in done/, one that always
-  crashes ends in fail/ after two attempts.
+  crashes ends in fail/ after two attempts; retries repeat crashes, timeouts
+  and memory kills, not a task's own exception or an unpicklable result.
 - a SIGKILLed driver's task processes die with it (the lifeline); where
   exactly the driver may die, and what the next run then does, is
   test_crashpoints.py's business.
@@ -40,7 +42,7 @@ Covered:
 - a kill in the middle of writing a result leaves only a hidden .tmp file,
   which the next run removes.
 - garbage, empty, truncated and unloadable files in todo/ fail that task
-  alone with TaskFileError; done_tasks()/fail_tasks() raise on, or skip with
+  alone with TaskFileError, their bytes kept in fail/; done_tasks()/fail_tasks() raise on, or skip with
   a warning, a damaged file.
 - a second driver on the same list gets TaskListBusy.
 - the disk fills up (a 2 MB tmpfs): a result that does not fit fails its task,
