@@ -8,11 +8,14 @@ away: scheduling, collecting and filing, retries, retry() and clean(). It
 runs under strace, which SIGKILLs it on its N-th call of one system call
 that moves, links, removes or syncs a file, for N = 1, 2, ... until a run
 gets through (the way the ALICE study of crash consistency took
-applications apart, and no hook in runforrest needed). After each kill, the
-same script runs again, untraced, and must finish the list: every
-scheduled task done, none in two places, no temporary file left, and no
-task that had a result before the kill run again (each task appends a line
-to a file of its own whenever it runs, so that runs can be counted).
+applications apart, and no hook in runforrest needed). strace counts calls
+per thread, so a second sweep counts the renames and unlinks of each task
+file, by whichever thread makes them: the one that removes task files after
+a sync too. After each kill, the same script runs again, untraced, and must
+finish the list: every scheduled task done, none in two places, no
+temporary file left, and no task that had a result before the kill run
+again (each task appends a line to a file of its own whenever it runs, so
+that runs can be counted).
 
 Power cuts are simulated too: a result file that did not reach the disk
 whole (truncated, empty, zeroed, or not there) next to its todo/ file makes
@@ -91,9 +94,11 @@ def drive(tmp_path, directory, effects, strace=()):
     return driver.returncode, output.read_text().splitlines()
 
 
-def inject_kill(syscall, nth):
-    return [STRACE, '-f', '-qq', '-o', '/dev/null', '-e', f'trace={syscall}',
-            '-e', f'inject={syscall}:signal=KILL:when={nth}']
+def inject_kill(syscall, nth, path=None):
+    """strace, to SIGKILL the traced process on its nth call of syscall (on
+    path, if given). strace counts calls per thread."""
+    return [STRACE, '-f', '-qq', '-o', '/dev/null', *(['-P', path] if path else []),
+            '-e', f'trace={syscall}', '-e', f'inject={syscall}:signal=KILL:when={nth}']
 
 
 def runs(effects):
@@ -164,8 +169,6 @@ def check_recovery(tmp_path, directory, effects, killed_lines, context):
 def driver_calls(tmp_path_factory):
     """How often the driver's own process (its main thread) makes each of
     the system calls that SYSCALLS names, in a whole run."""
-    if STRACE is None:
-        pytest.skip('the crash-point tests need strace')
     tmp_path = tmp_path_factory.mktemp('count')
     every = ','.join(call for calls in SYSCALLS.values() for call in calls)
     trace = tmp_path / 'trace'
@@ -184,6 +187,30 @@ def driver_calls(tmp_path_factory):
     return calls
 
 
+def sweep(tmp_path, syscall, tag, limit, path_of=None):
+    """Kill the driver at its 1st, 2nd, ... call of syscall (on the file
+    path_of(directory)) until a run gets through; check the recovery after
+    each kill. Returns how many kills there were."""
+    for nth in range(1, limit + 1):
+        directory = str(tmp_path / f'{tag}-{nth}')
+        effects = str(tmp_path / f'{tag}-{nth}-effects')
+        status, lines = drive(tmp_path, directory, effects,
+                              inject_kill(syscall, nth, path_of and path_of(directory)))
+        context = f'killed at {syscall} number {nth} ({tag}), after printing {lines}'
+        if status == 0 and 'finished' in lines:
+            return nth - 1  # the run makes fewer calls than that: each one was a crash point
+        assert status == -9, context
+        if not os.path.exists(directory):
+            assert runs(effects) == dict.fromkeys(range(4), 0), context
+            continue
+        check_recovery(tmp_path, directory, effects, lines, context)
+    raise AssertionError(f'the driver was still killed at {syscall} number {limit} ({tag})')
+
+
+needs_strace = pytest.mark.skipif(STRACE is None, reason='the crash-point tests need strace')
+
+
+@needs_strace
 @pytest.mark.parametrize('kind', list(SYSCALLS))
 def test_the_driver_killed_at_every_call_that_changes_files_loses_nothing(
         tmp_path, driver_calls, kind):
@@ -191,23 +218,27 @@ def test_the_driver_killed_at_every_call_that_changes_files_loses_nothing(
     assert swept, f'the driver made none of {SYSCALLS[kind]} ({driver_calls}): ' \
                   f'which calls does the store use now?'
     for syscall in swept:
-        for nth in range(1, driver_calls[syscall] + 10):
-            directory = str(tmp_path / f'{syscall}-{nth}')
-            effects = str(tmp_path / f'{syscall}-{nth}-effects')
-            status, lines = drive(tmp_path, directory, effects, inject_kill(syscall, nth))
-            context = f'killed at {syscall} number {nth}, after printing {lines}'
-            if status == 0 and 'finished' in lines:
-                break  # the run makes fewer calls than that: every one was a crash point
-            assert status == -9, context
-            if not os.path.exists(directory):
-                assert runs(effects) == dict.fromkeys(range(4), 0), context
-                continue
-            check_recovery(tmp_path, directory, effects, lines, context)
-        else:
-            raise AssertionError(f'the driver was still killed at {syscall} number {nth}, '
-                                 f'although it made {driver_calls[syscall]} such calls')
-        print(f'{syscall}: killed at each of {nth - 1} calls')
-        assert nth > 1, f'the driver makes {syscall} calls, yet no kill happened'
+        kills = sweep(tmp_path, syscall, syscall, driver_calls[syscall] + 10)
+        print(f'{syscall}: killed at each of {kills} calls')
+        assert kills, f'the driver makes {syscall} calls, yet no kill happened'
+
+
+TASK_NAMES = ['00000001-append_effect', '00000002-crash_on_first_run',
+              '00000003-fail_until_exists']
+
+
+@needs_strace
+@pytest.mark.parametrize('name', TASK_NAMES)
+def test_the_driver_killed_at_every_move_or_removal_of_a_task_file_loses_nothing(
+        tmp_path, name):
+    # The sweep above counts the calls of the driver's main thread only (strace
+    # counts per thread): this one reaches the thread that removes task files
+    # once their results are synced, too, by counting the calls on one file.
+    kills = {syscall: sweep(tmp_path, syscall, f'{name}-{syscall}', 20,
+                            lambda directory: task_file(directory, 'todo', name))
+             for syscall in ('rename', 'unlink')}
+    print(f'{name}: killed at each of {kills} calls')
+    assert sum(kills.values()), f'no kill at a rename or unlink of {name}'
 
 
 # -- power cuts ------------------------------------------------------------------
