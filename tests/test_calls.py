@@ -14,7 +14,7 @@ import pytest
 import runforrest
 from runforrest import background, call, pmap_rows, proc
 
-import tasks_everyday as tasks
+import tasks
 
 numpy = pytest.importorskip('numpy')
 

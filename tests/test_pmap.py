@@ -15,7 +15,7 @@ import pytest
 import runforrest
 from runforrest import pmap
 
-import tasks_everyday as tasks
+import tasks
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,7 +84,7 @@ def test_raise_raises_the_first_error_in_input_order(tmp_path):
         list(pmap(tasks.step, items, nprocesses=2, kwstar=True))
     cause = str(raised.value.__cause__)
     assert 'Traceback (most recent call last)' in cause
-    assert 'tasks_everyday.py' in cause and 'raise result' in cause
+    assert 'tasks.py' in cause and 'raise result' in cause
     assert raised.value.item_index == 0
     assert raised.value.__notes__ == ['(raised by pmap item 0)']
 
@@ -293,8 +293,8 @@ STREAM = '''
 import itertools, sys
 sys.path.insert(0, sys.argv[1])
 from runforrest import pmap
-import tasks_everyday
-for result in pmap(tasks_everyday.square, itertools.count(), nprocesses=2):
+import tasks
+for result in pmap(tasks.square, itertools.count(), nprocesses=2):
     print(result, flush=True)
 '''
 
