@@ -10,6 +10,7 @@ test starts, so that task functions in tasks.py and faulty.py are found.
 import fcntl
 import os
 import signal
+import tempfile
 import time
 
 import pytest
@@ -128,6 +129,16 @@ def kill(pid):
 @pytest.fixture
 def tasklist(tmp_path):
     return TaskList(tmp_path / 'tasklist')
+
+
+@pytest.fixture
+def temporary_directory(tmp_path, monkeypatch):
+    """Send the temporary task lists of maps to a directory of our own, to
+    see whether they are removed afterwards."""
+    directory = tmp_path / 'tmp'
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, 'tempdir', str(directory))
+    return directory
 
 
 def run_all(tasklist, **options):

@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from runforrest import (DependencyFailed, TaskCrashed, TaskList, TaskLost, TaskOutOfMemory,
-                        TaskTimeout, defer)
+from runforrest import TaskCrashed, TaskList, TaskLost, TaskOutOfMemory, TaskTimeout, defer
 
 import tasks
 from conftest import (PROMPTLY, environment, is_alive, kill, names, running_marks,
@@ -117,12 +116,7 @@ def test_errors_keep_their_type_after_dask_changed_how_exceptions_pickle(tmp_pat
 
 def test_a_pipeline_runs_on_dask_with_the_same_semantics(tmp_path, executor):
     import tasks_pipeline
-    tasklist = TaskList(tmp_path / 'list')
-    summary, blocked = tasks_pipeline.schedule_pipeline(tasklist, range(4), bad_item=1)
-    results = {task.taskname: task for task in tasklist.run(nprocesses=2, executor=executor)}
-    assert results[summary].returnvalue == sum(item + 1 + item * 10 for item in (0, 2, 3))
-    assert isinstance(results[blocked].errorvalue, DependencyFailed)
-    assert len(results) == 9
+    tasks_pipeline.check_pipeline(TaskList(tmp_path / 'list'), bad_item=1, executor=executor)
 
 
 def test_a_worker_that_dies_leaves_its_task_lost(tmp_path):

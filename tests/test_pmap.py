@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import traceback
 
@@ -17,17 +16,7 @@ from runforrest import pmap
 
 import tasks
 
-pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(autouse=True)
-def temporary_directory(tmp_path, monkeypatch):
-    """Send pmap's temporary task lists to a directory of our own, to see
-    whether they are removed afterwards."""
-    directory = tmp_path / 'tmp'
-    directory.mkdir()
-    monkeypatch.setattr(tempfile, 'tempdir', str(directory))
-    return directory
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures('temporary_directory')]
 
 
 def test_results_keep_the_order_of_the_items(tmp_path):

@@ -16,8 +16,7 @@ import time
 
 import pytest
 
-from runforrest import (DependencyFailed, Slurm, TaskList, TaskLost, TaskOutOfMemory,
-                        TaskTimeout, defer)
+from runforrest import Slurm, TaskList, TaskLost, TaskOutOfMemory, TaskTimeout, defer
 
 import tasks
 from conftest import ROOT, environment, names, running_mark, running_marks, wait_for
@@ -213,12 +212,7 @@ def test_a_restarted_driver_picks_up_without_submitting_twice(tmp_path, slurm):
 
 def test_a_pipeline_runs_on_slurm_with_the_same_semantics(tmp_path, slurm):
     import tasks_pipeline
-    tasklist = TaskList(tmp_path / 'list')
-    summary, blocked = tasks_pipeline.schedule_pipeline(tasklist, range(4), bad_item=2)
-    results = {task.taskname: task for task in tasklist.run(nprocesses=2, executor=slurm)}
-    assert results[summary].returnvalue == sum(item + 1 + item * 10 for item in (0, 1, 3))
-    assert isinstance(results[blocked].errorvalue, DependencyFailed)
-    assert len(results) == 9
+    tasks_pipeline.check_pipeline(TaskList(tmp_path / 'list'), bad_item=2, executor=slurm)
 
 
 def test_more_tasks_than_an_array_holds_keep_nprocesses_running(tmp_path, slurm):
