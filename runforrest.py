@@ -1648,10 +1648,18 @@ class _Discard:
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
 
 
-def _dump(obj, file):
+def _dump(obj, file, tasks_aside=False):
     """Pickle obj into file: with the fast C pickler where it can, with dill
-    where it must (lambdas, closures, objects of __main__)."""
+    where it must (lambdas, closures, objects of __main__). tasks_aside:
+    leave the tasks in obj out, as references (to check what else it holds,
+    without the graphs behind its tasks, which were checked already)."""
     start = file.tell()
+
+    def pickler(cls, **options):
+        made = cls(file, pickle.HIGHEST_PROTOCOL, **options)
+        if tasks_aside:
+            made.persistent_id = lambda value: id(value) if isinstance(value, Task) else None
+        return made
 
     def undo(error):
         if isinstance(error, OSError) and error.errno in _STORAGE_ERRORS:
@@ -1660,13 +1668,13 @@ def _dump(obj, file):
         file.truncate()
 
     try:
-        _FastPickler(file, pickle.HIGHEST_PROTOCOL).dump(obj)
+        pickler(_FastPickler).dump(obj)
         return
     except Exception as error:
         undo(error)
     import dill
     try:
-        dill.Pickler(file, pickle.HIGHEST_PROTOCOL, recurse=True).dump(obj)
+        pickler(dill.Pickler, recurse=True).dump(obj)
     except Exception as error:
         undo(error)
         raise NotPicklable(f'{type(obj).__name__} cannot be pickled: {error}',
@@ -1699,7 +1707,7 @@ def _check_picklable(obj, describe):
     if function and _picklable_functions is not None and obj in _picklable_functions:
         return
     try:
-        _dump(obj, _Discard())
+        _dump(obj, _Discard(), tasks_aside=True)
     except NotPicklable as error:
         raise NotPicklable(
             f'cannot defer {describe()}: {error}. A task travels to its process as '

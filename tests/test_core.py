@@ -84,6 +84,9 @@ def test_defer_explains_what_is_wrong():
         defer(tasks.identity, generator)
     with pytest.raises(NotPicklable, match='argument numbers= of identity'):
         defer(tasks.identity, numbers=(x for x in range(3)))
+    # Beside a task in a list, too (the task's own graph is not checked again).
+    with pytest.raises(NotPicklable, match='argument 0 of identity.*generator'):
+        defer(tasks.identity, [defer(tasks.identity, 1), (x for x in range(3))])
 
 
 def test_tasks_compare_equal_after_the_round_trip(tasklist):
