@@ -57,7 +57,7 @@ __all__ = [
     'RunforrestError', 'TaskListError', 'TaskListExists', 'NotATaskList',
     'TaskListBusy', 'TaskFileError', 'NotPicklable', 'TaskFailure',
     'TaskCrashed', 'TaskKilled', 'TaskTimeout', 'TaskOutOfMemory',
-    'TaskLost', 'UnpicklableResult', 'UnpicklableException',
+    'TaskLost', 'UnpicklableResult', 'UnpicklableException', 'DependencyFailed',
 ]
 
 
@@ -145,9 +145,36 @@ class UnpicklableException(TaskFailure):
     `type_name` and `message`; the task's `traceback` is kept as well."""
 
 
+class DependencyFailed(TaskFailure):
+    """The task did not run, because a task it depends on failed, or its
+    result is gone: `dependency` names that task, `error_type` and `error`
+    say what happened to it."""
+
+
 # ---------------------------------------------------------------------------
 # The task graph
 # ---------------------------------------------------------------------------
+
+class _Outcome:
+    """A task's returnvalue, errorvalue or traceback: None until it has run.
+    A task that a run yields reads it from its file when it is first asked
+    for, so that a result nobody looks at is never loaded."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, task, owner=None):
+        if task is None:
+            return None
+        values = task.__dict__
+        if self.name not in values and '_load_outcome' in values:
+            values.update(values['_load_outcome']())
+            del values['_load_outcome']
+        return values.get(self.name)
+
+    def __set__(self, task, value):
+        task.__dict__[self.name] = value
+
 
 class Task:
     """A lazy value: a deferred call, a piece of data, or a part of another task.
@@ -171,9 +198,9 @@ class Task:
     """
 
     metadata = None
-    returnvalue = None
-    errorvalue = None
-    traceback = None
+    returnvalue = _Outcome()
+    errorvalue = _Outcome()
+    traceback = _Outcome()
     runtime = None
     taskname = None
 
@@ -245,6 +272,35 @@ class Attribute(Task):
         super().__init__(getattr, (parent, name))
 
 
+class _Result(Task):
+    """The stored returnvalue of the task `name` of the same list: what a
+    scheduled task becomes in a graph scheduled after it (see `_flatten`)."""
+
+    def __init__(self, name):
+        super().__init__(_stored_result, (name,))
+
+
+# In a task process: the task list whose done/ holds the results it depends on.
+_dependency_list = None
+
+
+def _stored_result(name):
+    if _dependency_list is None:
+        raise RunforrestError(f'this task uses the stored result of the task {name}, '
+                              f'so it runs only from its task list: python -m '
+                              f'runforrest TASKFILE RESULTFILE')
+    path = os.path.join(_dependency_list, 'done', name + '.pkl')
+    try:
+        return read_task(path).returnvalue
+    except TaskFileError as error:
+        failed = os.path.exists(os.path.join(_dependency_list, 'fail', name + '.pkl'))
+        raise DependencyFailed(
+            f'the task depends on {name}, which ' +
+            ('failed; see its file in fail/' if failed else
+             f'has no readable result in done/ ({error}); run it first'),
+            dependency=name, error_type='TaskFileError', error=str(error)) from None
+
+
 def _identity(value):
     return value
 
@@ -313,8 +369,9 @@ def _lift(value):
     return value
 
 
-def _postorder(root):
-    """Every task of root's graph once, each after the tasks it depends on.
+def _postorder(root, stop=None):
+    """Every task of root's graph once, each after the tasks it depends on;
+    below a task for which stop(task) is true (never the root), nothing.
 
     Iterative, so that a chain 100,000 tasks deep meets no recursion limit.
     """
@@ -325,10 +382,11 @@ def _postorder(root):
         if task._key in seen:
             stack.pop()
             continue
-        missing = [dep for dep in task._dependencies() if dep._key not in seen]
-        if missing:
-            stack.extend(missing)
-            continue
+        if stop is None or task is root or not stop(task):
+            missing = [dep for dep in task._dependencies() if dep._key not in seen]
+            if missing:
+                stack.extend(missing)
+                continue
         stack.pop()
         seen.add(task._key)
         yield task
@@ -356,17 +414,23 @@ class _Ref(int):
     """Position of a task in a flattened graph."""
 
 
-def _flatten(root):
+def _flatten(root, cut=None):
     """root's graph as a flat list of nodes, children first, each task
-    replaced by its position: pickling it then needs no recursion."""
+    replaced by its position: pickling it then needs no recursion.
+
+    cut maps the keys of tasks scheduled on a list to their names; each of
+    them becomes the `_Result` of that name, and what is below it goes."""
     position = {}
     nodes = []
-    for task in _postorder(root):
+    for task in _postorder(root, cut and (lambda task: task._key in cut)):
         def ref(value):
             return _Ref(position[value._key]) if isinstance(value, Task) else value
-        nodes.append((type(task), task._key, ref(task._fun),
-                      tuple(map(ref, task._args)),
-                      {key: ref(value) for key, value in task._kwargs.items()}))
+        if cut and task is not root and task._key in cut:
+            nodes.append((_Result, task._key, _stored_result, (cut[task._key],), {}))
+        else:
+            nodes.append((type(task), task._key, ref(task._fun),
+                          tuple(map(ref, task._args)),
+                          {key: ref(value) for key, value in task._kwargs.items()}))
         position[task._key] = len(nodes) - 1
     return nodes
 
@@ -394,6 +458,8 @@ def _describe(task, depth=2):
             else _abbreviate(value))
     if isinstance(task, Value):
         return _abbreviate(task._args[0])
+    if isinstance(task, _Result):
+        return f'<result of {task._args[0]}>'
     if isinstance(task, Item):
         return f'{show(task._args[0])}[{show(task._args[1])}]'
     if isinstance(task, Attribute):
@@ -438,19 +504,60 @@ def _label(task):
 # The file format
 # ---------------------------------------------------------------------------
 #
-# A task file is three pickles in a row:
-#   1. a header of builtins only (state, sizes, error summary, runtime, the
-#      driver's sys.path and directory), which can be read without importing
-#      anything the task needs;
-#   2. the record {'task': ..., 'metadata': ...}, `record_size` bytes long,
-#      copied unchanged from todo/ to done/ or fail/;
-#   3. in results only, the outcome: {'returnvalue': ...} or
-#      {'errorvalue': ..., 'traceback': ...}, and a trailer, by which a
-#      result that a power cut caught before it reached the disk is known.
+# Every task file, in todo/, done/ or fail/ alike, begins with one pickle
+# that plain `pickle.load` (or `dill.load`) turns into the Task, with its
+# metadata and, once it ran, its outcome:
+#
+#   _restore(RECORD, OUTCOME)
+#     RECORD: the bytes of {'task': ..., 'metadata': ...} as schedule()
+#             pickled them, copied unchanged from todo/ into the result;
+#     OUTCOME: None in todo/; in a result {'returnvalue': ...} or
+#             {'errorvalue': ..., 'traceback': ...}, and 'runtime'.
+#
+# An index of builtins only follows: the state, where the record lies, the
+# error's type and summary, the runtime, the names of the tasks it depends
+# on, and the driver's sys.path and directory. Then the index's size, and an
+# end mark:
+#
+#   [ _restore(...) pickle ][ index pickle ][ index size: 8 bytes ][ _END ]
+#
+# Listing, counting and `status` read the index from the end of the file,
+# so they import nothing that a task needs. A file without the end mark was
+# cut short: a result that a power cut caught before it reached the disk.
+# The RECORD is written as raw bytes and the outcome is pickled straight
+# after it, with its own end opcode replaced by the call's, so that neither
+# is pickled twice nor held twice in memory.
 
-FORMAT = 1
-_TRAILER = b'\nrunforrest result end\n'
+FORMAT = 2
+_END = b'\nrunforrest end\n'
+_TRAILER_SIZE = 8 + len(_END)
+_OPENING = (pickle.PROTO + bytes([4]) + pickle.SHORT_BINUNICODE + bytes([10]) + b'runforrest'
+            + pickle.SHORT_BINUNICODE + bytes([8]) + b'_restore' + pickle.STACK_GLOBAL
+            + pickle.BINBYTES8)
+_RECORD_OFFSET = len(_OPENING) + 8
+_CLOSING = pickle.TUPLE2 + pickle.REDUCE + pickle.STOP  # _restore(RECORD, OUTCOME)
+_CLOSING_DAMAGED = pickle.NEWTRUE + pickle.TUPLE3 + pickle.REDUCE + pickle.STOP
 _MAIN_MODULE = '__main__'
+
+
+def _restore(record, outcome, damaged=False):
+    """The task of a task file, as unpickling the file makes it (see above);
+    a damaged file, whose bytes are kept but hold no task, gives Value(None)."""
+    task = Value(None) if damaged else _unpack(record, 'the task file')
+    task.__dict__.update(outcome or {})
+    return task
+
+
+def _index_bytes(index):
+    data = pickle.dumps({'format': FORMAT, 'record_offset': _RECORD_OFFSET, **index},
+                        pickle.HIGHEST_PROTOCOL)
+    return data + len(data).to_bytes(8, 'little') + _END
+
+
+def _todo_bytes(record, index):
+    """A todo file: its task, with no outcome yet, and its index."""
+    return b''.join((_OPENING, len(record).to_bytes(8, 'little'), record,
+                     pickle.NONE, _CLOSING, _index_bytes(index)))
 
 
 class _FastPickler(pickle.Pickler):
@@ -621,18 +728,42 @@ def _scratch(path):
 
 
 def _read_header(file, path):
+    """The index of an open task file (see the format above), read from its end."""
+    fd = file.fileno()
+    size = os.fstat(fd).st_size
+    tail = os.pread(fd, min(size, 1 << 12), max(0, size - (1 << 12)))
+    if len(tail) < _TRAILER_SIZE or not tail.endswith(_END):
+        raise _not_whole(fd, path)
+    index_size = int.from_bytes(tail[-_TRAILER_SIZE:-len(_END)], 'little')
+    if index_size + _TRAILER_SIZE > len(tail):
+        tail = os.pread(fd, index_size + _TRAILER_SIZE, max(0, size - index_size - _TRAILER_SIZE))
     try:
-        header = pickle.load(file)
-    except FileNotFoundError:
-        raise
-    except Exception as error:
-        raise TaskFileError(f'{path} is not a readable task file '
-                            f'({type(error).__name__}: {error})',
-                            path=path, reason=str(error)) from None
-    if not isinstance(header, dict) or header.get('format') != FORMAT:
-        raise TaskFileError(f'{path} is not a runforrest task file',
-                            path=path, reason='unknown format')
-    return header
+        header = pickle.loads(tail[-_TRAILER_SIZE - index_size:-_TRAILER_SIZE])
+        if header['format'] == FORMAT:
+            return header
+    except Exception:
+        pass
+    raise TaskFileError(f'{path} is not a readable task file: its index is damaged',
+                        path=path, reason='damaged index')
+
+
+def _not_whole(fd, path):
+    """The error for a file that lacks the end of a task file."""
+    start = os.pread(fd, 1 << 12, 0)
+    if start.startswith(_OPENING):
+        return TaskFileError(f'{path} is truncated: it lacks the end of a task file',
+                             path=path, reason='truncated')
+    try:
+        older = pickle.loads(start).get('format') == 1
+    except Exception:
+        older = False
+    if older:
+        return TaskFileError(f'{path} was written by runforrest 1.0, whose files this '
+                             f'version cannot read; finish its task list with runforrest '
+                             f'1.0 (pip install runforrest==1.0.0)',
+                             path=path, reason='older format')
+    return TaskFileError(f'{path} is not a runforrest task file', path=path,
+                         reason='unknown format')
 
 
 def _open_taskfile(path):
@@ -644,9 +775,9 @@ def _open_taskfile(path):
 
 
 def _read_parts(file, path):
-    """(header, record bytes) of an open task file, leaving it at the outcome."""
+    """(header, record bytes) of an open task file."""
     header = _read_header(file, path)
-    record = file.read(header['record_size'])
+    record = os.pread(file.fileno(), header['record_size'], header['record_offset'])
     if len(record) < header['record_size']:
         raise TaskFileError(f'{path} is truncated: its task needs '
                             f'{header["record_size"]} bytes, {len(record)} '
@@ -664,36 +795,63 @@ def _load(data, path, what):
 
 
 def _unpack(record, path):
-    """(task, metadata) from a task file's record."""
+    """The task, with its metadata, from a task file's record."""
     stored = _load(record, path, 'task')
     if not isinstance(stored, dict) or not isinstance(stored.get('task'), Task):
         raise TaskFileError(f'{path} holds no runforrest task', path=path,
                             reason='no task in the record')
-    return stored['task'], stored.get('metadata')
+    task = stored['task']
+    task.metadata = stored.get('metadata')
+    return task
 
 
 def read_task(path, outcome=True):
-    """The task stored in a task or result file, with its metadata and
+    """The task stored in a task file of any state, with its metadata and
     taskname, and with returnvalue, errorvalue, traceback and runtime if it
-    has run (unless outcome=False).
+    has run. With outcome=False, the outcome is read from the file only when
+    it is first asked for. Pickle or dill load the same task from the file,
+    without the checks.
+
+    A task read from a task list's file is that list's task: scheduled in a
+    graph on the list, it passes its stored returnvalue on (see
+    `TaskList.schedule`).
 
     Raises `TaskFileError` if the file is missing or cannot be loaded.
     """
     with _open_taskfile(path) as file:
         header, record = _read_parts(file, path)
-        if header.get('damaged'):  # its bytes are kept, but hold no task
-            task, metadata = Value(None), None
+        ran = header['state'] != 'todo'
+        if outcome and ran:
+            task = _load_whole(file, path)
+        elif header.get('damaged'):
+            task = _restore(record, None, damaged=True)
         else:
-            task, metadata = _unpack(record, path)
-        task.metadata = metadata
-        task.taskname = _name_of(path)
-        if outcome and header['state'] != 'todo':
-            result = _load(lambda: pickle.load(file), path, 'outcome')
-            task.runtime = header.get('runtime')
-            task.returnvalue = result.get('returnvalue')
-            task.errorvalue = result.get('errorvalue')
-            task.traceback = result.get('traceback')
+            task = _unpack(record, path)
+    task.taskname = _name_of(path)
+    directory = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    task.__dict__.update(_scheduled={directory: task.taskname}, _after=header.get('after', []))
+    if ran:
+        task.runtime = header.get('runtime')
+        if not outcome:
+            task.__dict__.update({'errorvalue': None, 'traceback': None}
+                                 if header['state'] == 'done' else {'returnvalue': None})
+            task.__dict__['_load_outcome'] = lambda: _load_outcome(path)
     return task
+
+
+def _load_whole(file, path):
+    """The task of an open task file, with its outcome: the file unpickled."""
+    task = _load(lambda: pickle.load(file), path, 'task and its outcome')
+    if not isinstance(task, Task):
+        raise TaskFileError(f'{path} holds no runforrest task', path=path,
+                            reason='no task in the file')
+    return task
+
+
+def _load_outcome(path):
+    with _open_taskfile(path) as file:
+        task = _load_whole(file, path)
+    return {name: task.__dict__.get(name) for name in ('returnvalue', 'errorvalue', 'traceback')}
 
 
 def _name_of(path):
@@ -705,12 +863,18 @@ def _name_of(path):
 # ---------------------------------------------------------------------------
 
 STATES = ('todo', 'done', 'fail')
-# collect/: results waiting to be filed, and spare files (see _settle);
-# output/: what tasks printed; running/: one mark per task in flight on a
-# cluster or an executor, by which a later driver finds its job.
-_WORKDIRS = ('collect', 'output', 'running')
+# Besides todo/, done/ and fail/, a list holds output/ (what tasks printed,
+# there only while a run goes on or some task printed something), and one
+# hidden directory, .runforrest/, for the working state of its drivers, out
+# of the way of code that walks the three: collect/ (results waiting to be
+# filed, and spare files; see _settle), running/ (a mark per task in flight
+# on a cluster or an executor, by which a later driver finds its job), the
+# driver's lock, the scheduling mark (see `TaskList.schedule`), a saved
+# session and SLURM's logs.
+_WORKDIR = '.runforrest'
+_WORKDIRS = ('collect', 'running')
 _LOCKFILE = 'driver.lock'
-_SCHEDULING = 'scheduling'  # there from the first schedule() until run() begins
+_SCHEDULING = 'scheduling'
 
 
 def _sync(path):
@@ -725,19 +889,24 @@ def _sync(path):
 
 
 def _is_whole(path):
-    """Whether a result file was written to its end (see _TRAILER)."""
+    """Whether a task file was written to its end (see _END)."""
     try:
         with open(path, 'rb') as file:
-            file.seek(-len(_TRAILER), os.SEEK_END)
-            return file.read() == _TRAILER
+            file.seek(-len(_END), os.SEEK_END)
+            return file.read() == _END
     except OSError:
         return False
 
 
+def _header_of(path):
+    """The index of the task file at path (see the file format)."""
+    with open(path, 'rb') as file:
+        return _read_header(file, path)
+
+
 def _state_of(path):
     try:
-        with open(path, 'rb') as file:
-            return _read_header(file, path)['state']
+        return _header_of(path)['state']
     except (OSError, TaskFileError):
         return None
 
@@ -745,6 +914,12 @@ def _state_of(path):
 def _schedule_order(name):
     prefix = name.partition('-')[0]
     return (len(prefix) if prefix.isdigit() else 0, name)
+
+
+def _index_of(name):
+    """The number a task's name begins with, which counts schedule() calls."""
+    prefix = name.partition('-')[0]
+    return int(prefix) if prefix.isdigit() else 0
 
 
 def _unlink(path):
@@ -758,9 +933,12 @@ def _now():
     return time.strftime('%Y-%m-%d %H:%M:%S')
 
 
-def _header(state, record, **fields):
-    return {'format': FORMAT, 'state': state, 'record_size': len(record),
-            'sys_path': list(sys.path), 'cwd': os.getcwd(), **fields}
+def _finish_scheduling(directory):
+    """What ends a script's scheduling: its tasks made durable, and the
+    scheduling mark removed (see `TaskList.schedule`)."""
+    if os.path.isdir(directory):
+        _sync(directory)
+    _unlink(os.path.join(directory, _WORKDIR, _SCHEDULING))
 
 
 class TaskList:
@@ -781,9 +959,11 @@ class TaskList:
         success and failure there, instead of to the terminal.
     noschedule_if_exist: if the directory already holds a task list, keep
         it as it is and make `schedule` do nothing, so that the same script
-        resumes the remaining todo tasks after a crash. A list whose script
-        died while it was still scheduling, before any run, is scheduled
-        anew instead.
+        resumes the remaining todo tasks after a crash. If the script that
+        scheduled the list was killed while it was scheduling, `schedule`
+        takes up where it stopped instead: each call stands for the task
+        that the same call made before, as long as there is one, and
+        schedules anew after that. Nothing is ever removed.
 
     Use `TaskList.open(directory)` for an existing list, as it is.
     """
@@ -793,26 +973,26 @@ class TaskList:
         self.directory = os.path.abspath(os.fspath(directory))
         self.logfile = logfile
         self._noschedule = False
+        self._replay = None  # names that schedule() takes up again (see noschedule_if_exist)
         if os.path.exists(self.directory) and not self._is_empty_directory():
             if not self._is_tasklist():
                 raise NotATaskList(
                     f'{self.directory} exists and is not a task list (it has '
                     f'no todo/ directory); runforrest leaves it alone: choose '
                     f'another directory, or empty this one yourself')
-            if noschedule_if_exist and not self._scheduling_was_cut():
-                self._noschedule = True
-            elif noschedule_if_exist:
-                self._remove(STATES + _WORKDIRS)  # it never ran: schedule it all again
+            if noschedule_if_exist:
+                self._replay = self._scheduled_before_the_cut()
+                self._noschedule = self._replay is None
             elif not exist_ok:
                 raise TaskListExists(
                     f'task list {self.directory} exists already; pass '
                     f'exist_ok=True to reuse it (its tasks are removed unless '
                     f'pre_clean=False), or use TaskList.open() to add to it')
             elif pre_clean:
-                self._remove(STATES + _WORKDIRS)
+                self._remove()
         self._make_layout()
         self._next_index = self._highest_index() + 1
-        self._unsynced = False
+        self._scheduling = None  # see schedule()
         self._joining = None  # while a run of this object is iterated: its queue
         self._finalizer = None
         if post_clean:
@@ -837,8 +1017,12 @@ class TaskList:
         return self
 
     def __exit__(self, exc_type, *exc_info):
-        if exc_type is None:  # else the scheduling may be incomplete; see _SCHEDULING
+        if exc_type is None:
             self.flush()
+        elif self._scheduling is not None:  # cut short: keep the mark
+            self._scheduling.detach()
+            self._scheduling = None
+            _sync(self.directory)
         if self._finalizer is not None:
             self._finalizer()
 
@@ -847,26 +1031,30 @@ class TaskList:
     def _is_tasklist(self):
         return os.path.isdir(os.path.join(self.directory, 'todo'))
 
-    def _scheduling_was_cut(self):
-        """Whether a script died while it scheduled this list, before running it."""
-        return os.path.exists(os.path.join(self.directory, _SCHEDULING)) and \
-            not self._names('done') and not self._names('fail')
-
     def _is_empty_directory(self):
         return os.path.isdir(self.directory) and not os.listdir(self.directory)
 
+    def _folder(self, state):
+        """The directory of a state, or of output/ or a working directory."""
+        if state in _WORKDIRS:
+            return os.path.join(self.directory, _WORKDIR, state)
+        return os.path.join(self.directory, state)
+
     def _make_layout(self):
         for state in STATES + _WORKDIRS:
-            os.makedirs(os.path.join(self.directory, state), exist_ok=True)
+            os.makedirs(self._folder(state), exist_ok=True)
 
     def _path(self, state, name):
         suffix = '.log' if state == 'output' else '' if state == 'running' else '.pkl'
-        return os.path.join(self.directory, state, name + suffix)
+        return os.path.join(self._folder(state), name + suffix)
+
+    def _work_path(self, name):
+        return os.path.join(self.directory, _WORKDIR, name)
 
     def _names(self, state):
         """The task names in one directory, in schedule order; loads nothing."""
         try:
-            entries = os.listdir(os.path.join(self.directory, state))
+            entries = os.listdir(self._folder(state))
         except FileNotFoundError:
             return []
         if state == 'running':
@@ -876,19 +1064,52 @@ class TaskList:
                       key=_schedule_order)
 
     def _highest_index(self):
-        prefixes = (name.partition('-')[0]
-                    for state in STATES + ('collect',) for name in self._names(state))
-        return max((int(p) for p in prefixes if p.isdigit()), default=0)
+        return max((_index_of(name) for state in STATES + ('collect',)
+                    for name in self._names(state)), default=0)
+
+    def _scheduled_before_the_cut(self):
+        """If the script that scheduled this list was killed while it did,
+        the names it scheduled, in order, for schedule() to take up again;
+        else None."""
+        try:
+            with open(self._work_path(_SCHEDULING)) as mark:
+                first = int(mark.read() or 1)
+        except (FileNotFoundError, ValueError):
+            return None
+        from collections import deque
+        names = {name for state in STATES + ('collect',) for name in self._names(state)
+                 if _index_of(name) >= first}
+        return deque(sorted(names, key=_schedule_order))
 
     # -- scheduling ----------------------------------------------------------
 
-    def schedule(self, task, metadata=None):
+    def schedule(self, task, metadata=None, after=()):
         """Write task, with optional metadata, to todo/; return its name.
 
         Names sort in schedule order, and `run` starts tasks in that order.
+
+        A task that was scheduled on this list and appears in a graph
+        scheduled later (as an argument, indexed, as an attribute, inside
+        lists, tuples and dicts) is a dependency: it runs first, in a
+        process of its own, and the later task gets its stored returnvalue.
+        `after` names more tasks (task objects or names) that must be done
+        first, for dependencies that pass no data. If a dependency fails,
+        the tasks that depend on it fail with `DependencyFailed`, unrun:
+
+        >>> tasklist = TaskList('pipeline', exist_ok=True)
+        >>> squares = [defer(pow, x, 2) for x in range(4)]
+        >>> for square in squares:
+        ...     _ = tasklist.schedule(square)
+        >>> tasklist.schedule(defer(sum, squares))
+        '00000005-sum'
+        >>> [task.returnvalue for task in tasklist.run(nprocesses=2)][-1]
+        14
+
         A task scheduled while a run of this object is being iterated (from
-        the loop's body, say) joins that run. Does nothing (and returns None) on a list opened with
-        `noschedule_if_exist=True` that existed already.
+        the loop's body, say) joins that run. On a list opened with
+        `noschedule_if_exist=True` that existed already, schedule does
+        nothing and returns None (but see `TaskList` for a list whose
+        scheduling was cut short).
         """
         if not isinstance(task, Task):
             raise TypeError(f'schedule() takes a task made by defer(), not '
@@ -896,17 +1117,23 @@ class TaskList:
                             f'wrap the call: tasklist.schedule(defer(fun, *args))')
         if self._noschedule:
             return None
+        if self._replay:
+            return self._take_up(task)
+        cut, dependencies = self._dependencies(task, after)
         try:
-            record = _dumps({'task': task, 'metadata': metadata})
+            record = _dumps({'task': _rebuild(_flatten(task, cut)) if cut else task,
+                             'metadata': metadata})
         except NotPicklable as error:
             raise NotPicklable(f'cannot schedule {task!r} with metadata '
                                f'{_abbreviate(metadata)}: {error}',
                                type_name=error.type_name) from None
-        data = pickle.dumps(_header('todo', record), pickle.HIGHEST_PROTOCOL) + record
+        index = {'state': 'todo', 'record_size': len(record), 'sys_path': list(sys.path),
+                 'cwd': os.getcwd(), 'tasklist': self.directory}
+        if dependencies:
+            index['after'] = dependencies
+        data = _todo_bytes(record, index)
         label = _label(task)
-        if not self._unsynced:
-            self._make_layout()  # the list may have been cleaned away
-            open(os.path.join(self.directory, _SCHEDULING), 'w').close()
+        self._begin_scheduling()
         while True:
             name = f'{self._next_index:08d}-{label}'
             self._next_index += 1
@@ -917,7 +1144,7 @@ class TaskList:
                 self._next_index = self._highest_index() + 1
             except FileNotFoundError:  # the list was cleaned away; start it anew
                 self._make_layout()
-        self._unsynced = True
+        task.__dict__.setdefault('_scheduled', {})[self.directory] = name
         if self._joining is not None:
             self._joining.append(name)
         if self.logfile:
@@ -925,12 +1152,77 @@ class TaskList:
                 log.write(f'{_now()} schedule {name}\n')
         return name
 
+    def _begin_scheduling(self):
+        """Mark the list as being scheduled, until this script's scheduling
+        ends: at flush(), at the end of a `with` block, or when this object
+        or the interpreter goes. A script killed before that leaves the
+        mark, with the index of its first task, for noschedule_if_exist."""
+        if self._scheduling is not None:
+            return
+        import weakref
+        self._make_layout()  # the list may have been cleaned away
+        try:
+            with open(self._work_path(_SCHEDULING), 'x') as mark:
+                mark.write(str(self._next_index))
+        except FileExistsError:
+            pass  # a scheduling cut short before, taken up now: its start stays
+        self._scheduling = weakref.finalize(self, _finish_scheduling, self.directory)
+
+    def _take_up(self, task):
+        """Stand for the task that this call scheduled in the script that was
+        cut short (see noschedule_if_exist), instead of scheduling it again."""
+        name = self._replay.popleft()
+        if name.partition('-')[2] != _label(task):
+            raise TaskListError(
+                f'the scheduling of {self.directory} was cut short, and '
+                f'noschedule_if_exist takes it up where it stopped, one task for '
+                f'each schedule() call of the same script: but this call '
+                f'schedules {_label(task)}, where the script scheduled {name}. '
+                f'Run the script that scheduled the list, or start it anew with '
+                f'TaskList({self.directory!r}, exist_ok=True)')
+        task.__dict__.setdefault('_scheduled', {})[self.directory] = name
+        self._begin_scheduling()
+        return name
+
+    def _dependencies(self, task, after):
+        """The tasks that task depends on: {key: name} of those in its graph
+        (see `_flatten`), and the names of all of them, and of after's."""
+        cut, names = {}, []
+        for node in _postorder(task, lambda node: '_scheduled' in node.__dict__):
+            places = node.__dict__.get('_scheduled')
+            if node is task or places is None:
+                continue
+            if self.directory not in places:
+                raise TaskListError(
+                    f'{task!r} uses {node!r}, which was scheduled on another task '
+                    f'list ({", ".join(places)}); a task can depend only on tasks '
+                    f'of its own list: schedule that task on {self.directory} too')
+            cut[node._key] = places[self.directory]
+            names.append(places[self.directory])
+        if isinstance(after, (Task, str)):
+            after = [after]
+        for other in after:
+            if isinstance(other, Task):
+                name = other.__dict__.get('_scheduled', {}).get(self.directory)
+                if name is None:
+                    raise TaskListError(
+                        f'after= names {other!r}, which was never scheduled on '
+                        f'{self.directory}; schedule it first')
+            elif isinstance(other, str) and any(
+                    os.path.exists(self._path(state, other)) for state in STATES + ('collect',)):
+                name = other
+            else:
+                raise TaskListError(f'after= takes scheduled tasks or their names; '
+                                    f'{other!r} is no task of {self.directory}')
+            names.append(name)
+        return cut, sorted(set(names), key=_schedule_order)
+
     def flush(self):
-        """Make every scheduled task durable on disk (`run` does this first)."""
-        if self._unsynced:
-            _sync(self.directory)
-            self._unsynced = False
-        _unlink(os.path.join(self.directory, _SCHEDULING))
+        """Make every scheduled task durable on disk, and mark the scheduling
+        as complete (`run` does this first, and so does the script's end)."""
+        if self._scheduling is not None:
+            self._scheduling()
+            self._scheduling = None
 
     # -- reading -------------------------------------------------------------
 
@@ -976,12 +1268,14 @@ class TaskList:
 
     def rows(self):
         """One dict per finished task, in schedule order: name, state,
-        metadata, returnvalue, errorvalue and runtime."""
+        metadata, returnvalue, errorvalue, runtime, and dependencies (the
+        names of the tasks it depended on)."""
         tasks = sorted(self._finished(), key=lambda task: _schedule_order(task.taskname))
         return [{'name': task.taskname,
                  'state': 'done' if task.errorvalue is None else 'fail',
                  'metadata': task.metadata, 'returnvalue': task.returnvalue,
-                 'errorvalue': task.errorvalue, 'runtime': task.runtime}
+                 'errorvalue': task.errorvalue, 'runtime': task.runtime,
+                 'dependencies': task.__dict__['_after']}
                 for task in tasks]
 
     def dataframe(self):
@@ -1006,26 +1300,56 @@ class TaskList:
         yield from self.done_tasks()
         yield from self.fail_tasks()
 
+    def _dependents(self, name):
+        """The tasks that depend on the task name, in schedule order."""
+        dependents = []
+        for state in STATES:
+            for other in self._names(state):
+                try:
+                    if name in _header_of(self._path(state, other)).get('after', ()):
+                        dependents.append(other)
+                except (OSError, TaskFileError):
+                    continue
+        return sorted(dependents, key=_schedule_order)
+
     # -- moving and cleaning -------------------------------------------------
 
     def retry(self, names=None, error_type=None):
         """Move failed tasks back to todo/: all of them, those named, or
-        those whose error is of the type named (e.g. 'TaskTimeout').
-        Returns the names moved."""
-        chosen = self._names('fail') if names is None else list(names)
-        moved = []
-        for name in chosen:
-            source = self._path('fail', name)
-            if error_type is not None:
-                with _open_taskfile(source) as file:
-                    if _read_header(file, source).get('error_type') != error_type:
-                        continue
+        those whose error is of the type named (e.g. 'TaskTimeout'), and
+        with each the tasks that failed with `DependencyFailed` because of
+        it. Returns the names moved."""
+        failed = {}  # name: the index of its file
+        for name in self._names('fail'):
             try:
-                os.replace(source, self._path('todo', name))
+                failed[name] = _header_of(self._path('fail', name))
+            except FileNotFoundError:
+                continue  # moved on since listing
+            except TaskFileError:
+                failed[name] = {}
+        for name in names or ():
+            if name not in failed:
+                raise TaskFileError(f'no failed task {name} in {self.directory}',
+                                    path=self._path('fail', name), reason='missing')
+        chosen = {name for name in (failed if names is None else names)
+                  if error_type is None or failed[name].get('error_type') == error_type}
+        blocked = {}  # name: the failed tasks that failed because of it
+        for name, header in failed.items():
+            if header.get('dependency'):
+                blocked.setdefault(header['dependency'], []).append(name)
+        unvisited = list(chosen)
+        while unvisited:
+            for name in blocked.get(unvisited.pop(), ()):
+                if name not in chosen:
+                    chosen.add(name)
+                    unvisited.append(name)
+        moved = sorted(chosen, key=_schedule_order)
+        for name in moved:
+            try:
+                os.replace(self._path('fail', name), self._path('todo', name))
             except FileNotFoundError:
                 raise TaskFileError(f'no failed task {name} in {self.directory}',
-                                    path=source, reason='missing') from None
-            moved.append(name)
+                                    path=self._path('fail', name), reason='missing') from None
         return moved
 
     def clean(self, clean_todo=True, clean_done=True, clean_fail=True):
@@ -1042,30 +1366,33 @@ class TaskList:
                     _unlink(self._path(state, name))
                     _unlink(self._path('output', name))
 
-    def _remove(self, states):
-        for state in states:
-            directory = os.path.join(self.directory, state)
+    def _remove(self):
+        """Remove every task, result and output, for pre_clean."""
+        for state in STATES + _WORKDIRS + ('output',):
+            directory = self._folder(state)
             if os.path.isdir(directory):
                 for entry in os.listdir(directory):
                     _unlink(os.path.join(directory, entry))
+        _unlink(self._work_path(_SCHEDULING))
 
     # -- the driver's part ---------------------------------------------------
 
     def _driver_lock(self):
-        return _DriverLock(os.path.join(self.directory, _LOCKFILE), self.directory)
+        self._make_layout()
+        return _DriverLock(self._work_path(_LOCKFILE), self.directory)
 
     def _driver(self):
         """Who runs this list now, as a dict (pid, host, started), or None."""
-        return _DriverLock.holder(os.path.join(self.directory, _LOCKFILE))
+        return _DriverLock.holder(self._work_path(_LOCKFILE))
 
     def _tidy(self):
         """Make the list whole again after a driver that died: remove
         half-written files, drop results that a power cut caught before they
         reached the disk (their tasks run again), drop the todo files of
         results that did reach it, and return the results left in collect/."""
-        for state in STATES + _WORKDIRS:
-            directory = os.path.join(self.directory, state)
-            for entry in os.listdir(directory):
+        for state in STATES + _WORKDIRS + ('output',):
+            directory = self._folder(state)
+            for entry in os.listdir(directory) if os.path.isdir(directory) else ():
                 if entry.startswith('.') and entry.endswith('.tmp'):
                     _unlink(os.path.join(directory, entry))
         for name in self._names('collect'):
@@ -1113,7 +1440,7 @@ class TaskList:
                 if spares is None:
                     _unlink(todo)
                     continue
-                spare = os.path.join(self.directory, 'collect', f'.spare-{name}.tmp')
+                spare = os.path.join(self._folder('collect'), f'.spare-{name}.tmp')
                 try:
                     os.replace(todo, spare)
                     spares.append(spare)
@@ -1227,8 +1554,10 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
     the result is written (for a debugger: python -m pdb -m runforrest ...).
     durable=False leaves flushing the result to disk to the caller.
     """
+    global _dependency_list
     resultfile = os.path.abspath(resultfile)
     sessionfile = sessionfile and os.path.abspath(sessionfile)  # before the chdir
+    home = os.path.dirname(os.path.dirname(os.path.abspath(taskfile)))
     started = time.monotonic()
     header, record, damaged = {}, b'', False
     try:
@@ -1239,12 +1568,16 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
                 file.seek(0)
                 record, damaged = file.read(), True  # kept as it is, for a human
                 raise
+        # The results it depends on: in the list its file lies in, or else
+        # in the one that scheduled it.
+        _dependency_list = home if os.path.isdir(os.path.join(home, 'done')) \
+            else header.get('tasklist')
         _adopt(header)
         if sessionfile:
             import dill
             dill.load_module(sessionfile)
         try:
-            task, _ = _unpack(record, taskfile)
+            task = _unpack(record, taskfile)
         except TaskFileError:
             damaged = True
             raise
@@ -1317,19 +1650,22 @@ def _write_result(path, todo_header, record, outcome, durable, runtime, **fields
                     f'write it to a file and return the file name',
                     type_name=type(outcome['returnvalue']).__name__)}
             error = attempt.get('errorvalue')
-            header = {**todo_header, 'format': FORMAT, 'record_size': len(record),
-                      'state': 'done' if error is None else 'fail', 'runtime': runtime,
-                      'error_type': None if error is None else type(error).__name__,
-                      'error': None if error is None else _summary(error), **fields}
+            index = {**todo_header, 'record_size': len(record),
+                     'state': 'done' if error is None else 'fail', 'runtime': runtime,
+                     'error_type': None if error is None else type(error).__name__,
+                     'error': None if error is None else _summary(error), **fields}
             file.seek(0)
-            file.write(pickle.dumps(header, pickle.HIGHEST_PROTOCOL))
+            file.write(_OPENING + len(record).to_bytes(8, 'little'))
             file.write(record)
             try:
-                _dump(attempt, file)
-                file.write(_TRAILER)
-                return
+                _dump({**attempt, 'runtime': runtime}, file)
             except NotPicklable as error:
                 failure = error
+                continue
+            file.seek(-1, os.SEEK_CUR)  # over the outcome's own end: see the file format
+            file.write(_CLOSING_DAMAGED if fields.get('damaged') else _CLOSING)
+            file.write(_index_bytes(index))
+            return
 
     _write_atomically(path, write, durable, temporary=None if durable else _scratch(path))
 
@@ -1444,8 +1780,9 @@ def _crash_error(returncode):
                        signal=None, exitcode=returncode)
 
 
-def _record_death(todo, result, error, runtime):
-    """Write the result file of a task whose process died without one."""
+def _record_failure(todo, result, error, runtime=None, **fields):
+    """Write the result file of a task whose process died without one (with
+    died=True), or that did not run."""
     try:
         with _open_taskfile(todo) as file:
             header, record = _read_parts(file, todo)
@@ -1459,7 +1796,7 @@ def _record_death(todo, result, error, runtime):
             record = b''
     try:
         _write_result(result, header, record, {'errorvalue': error, 'traceback': None},
-                      durable=False, runtime=runtime, damaged=damaged, died=True)
+                      durable=False, runtime=runtime, damaged=damaged, **fields)
     except OSError as failure:
         raise OSError(failure.errno, f'cannot record how the task {todo} ended '
                       f'({_summary(error)}): {failure.strerror}. The task stays in '
@@ -2048,8 +2385,8 @@ class _Supervisor:
         # job: its driver records that, with the cluster's state and reason.
         stopped = self.in_job and returncode == -15
         if not os.path.exists(job.result) and not self.abandoned and not stopped:
-            _record_death(job.todo, job.result, job.cause or _crash_error(returncode),
-                          runtime=time.monotonic() - job.started)
+            _record_failure(job.todo, job.result, job.cause or _crash_error(returncode),
+                            runtime=time.monotonic() - job.started, died=True)
         return job.result
 
     def close(self):
@@ -2089,6 +2426,96 @@ def _format_bytes(count):
 
 _START_METHODS = ('forkserver', 'spawn')
 _SETTLE_INTERVAL = 0.1  # seconds between syncs that make finished results durable
+
+
+class _Dependencies:
+    """Which tasks of a run may start: those whose dependencies are done.
+
+    A task whose dependencies are not all done yet waits, holding no
+    process, and starts when the last of them is done. A task whose
+    dependency failed, or is nowhere in the list, fails unrun: its result,
+    a `DependencyFailed`, is written to collect/, and its name is put on
+    `unrun`, for the driver to file and yield like any other; so the tasks
+    that depend on it fail in turn."""
+
+    def __init__(self, tasklist, unfinished, unrun):
+        self.tasklist = tasklist
+        self.unfinished = set(unfinished)  # the names this run has yet to file
+        self.missing = {}  # waiting task: how many of its dependencies are not done yet
+        self.dependents = {}  # task: the waiting tasks that depend on it
+        self.unrun = unrun
+
+    def __len__(self):
+        """How many tasks wait."""
+        return len(self.missing)
+
+    def add(self, name):
+        """Take in a todo task of the run; return whether it may start now."""
+        self.unfinished.add(name)
+        try:
+            after = _header_of(self.tasklist._path('todo', name)).get('after', ())
+        except (OSError, TaskFileError):
+            return True  # its process will say what is wrong with its file
+        waiting = [other for other in after if other in self.unfinished]
+        for other in after:
+            if other not in self.unfinished and not os.path.exists(self.tasklist._path('done', other)):
+                self._fail(name, other)
+                return False
+        if not waiting:
+            return True
+        self.missing[name] = len(waiting)
+        for other in waiting:
+            self.dependents.setdefault(other, []).append(name)
+        return False
+
+    def filed(self, name, done):
+        """The task name was filed in done/ (or fail/): return the tasks that
+        may start now."""
+        self.unfinished.discard(name)
+        ready = []
+        for dependent in self.dependents.pop(name, ()):
+            if dependent not in self.missing:
+                continue  # failed already, for another dependency
+            if not done:
+                del self.missing[dependent]
+                self._fail(dependent, name)
+                continue
+            self.missing[dependent] -= 1
+            if not self.missing[dependent]:
+                del self.missing[dependent]
+                ready.append(dependent)
+        return ready
+
+    def stuck(self):
+        """Fail the tasks that wait for something that this run will never
+        file (a cycle, made by hand), so that the run ends."""
+        for name in list(self.missing):
+            del self.missing[name]
+            self._fail(name, None)
+        self.dependents.clear()
+
+    def _fail(self, name, dependency):
+        tasklist = self.tasklist
+        if dependency is None:
+            error = DependencyFailed('its dependencies wait for each other (a cycle), '
+                                     'so it can never run', dependency=None,
+                                     error_type=None, error=None)
+        else:
+            header = {}
+            try:
+                header = _header_of(tasklist._path('fail', dependency))
+                why = f'failed: {header.get("error")}'
+            except FileNotFoundError:
+                why = ('is in none of todo/, done/ and fail/: its file was removed; '
+                       'schedule it again')
+            except TaskFileError as problem:
+                why = f'failed, and its file cannot be read: {problem}'
+            error = DependencyFailed(f'not run, because its dependency {dependency} {why}',
+                                     dependency=dependency, error_type=header.get('error_type'),
+                                     error=header.get('error'))
+        _record_failure(tasklist._path('todo', name), tasklist._path('collect', name), error,
+                        dependency=dependency)
+        self.unrun.append(name)
 
 
 class Run:
@@ -2172,36 +2599,50 @@ class Run:
             spares, running = deque(), set()  # see TaskList._settle
             try:
                 tasklist.flush()
+                os.makedirs(tasklist._folder('output'), exist_ok=True)
                 leftovers = tasklist._tidy()
                 in_flight = backend.adopt(tasklist._names('running'))
                 skip = set(leftovers) | in_flight
-                pending = deque(name for name in tasklist._names('todo') if name not in skip)
-                tasklist._joining = pending
-                report = _Report(tasklist, len(pending) + len(skip), len(in_flight),
+                todo = [name for name in tasklist._names('todo') if name not in skip]
+                finished = deque(leftovers)  # to file and yield
+                dependencies = _Dependencies(tasklist, [*todo, *skip], unrun=finished)
+                pending = deque(name for name in todo if dependencies.add(name))
+                joined = tasklist._joining = []
+                report = _Report(tasklist, len(todo) + len(skip), len(in_flight),
                                  self.print_errors, self.progress, lock.publish)
                 attempts = {}
                 settled = time.monotonic()
 
                 def fill():
+                    for name in joined:
+                        report.joined()
+                        if dependencies.add(name):
+                            pending.append(name)
+                    joined.clear()
                     while pending and backend.has_room():
                         name = pending.popleft()
                         tasklist._reuse(spares, name)
                         backend.start(name)
                         running.add(name)
                         report.started(name)
+                    report.waiting(len(dependencies))
 
-                finished = leftovers
                 fill()
                 while True:
-                    for name in finished:
-                        task = self._collect(name, report)
+                    while finished:
+                        name = finished.popleft()
+                        task, done = self._collect(name, report)
                         filed.append(name)
+                        # What waited for it goes first: it is nearer the end.
+                        pending.extendleft(reversed(dependencies.filed(name, done)))
                         yield task
                         del task  # hold one result at a time, however large
                     fill()  # the loop's body may have scheduled more
                     if not backend.busy():
-                        break
-                    finished = []
+                        if not len(dependencies):
+                            break
+                        dependencies.stuck()
+                        continue
                     for name in backend.wait():
                         running.discard(name)
                         report.ended(name)
@@ -2229,6 +2670,10 @@ class Run:
                     settling.join()
                 tasklist._settle(filed)
                 tasklist._discard(spares, running)
+                try:
+                    os.rmdir(tasklist._folder('output'))  # kept if some task printed
+                except OSError:
+                    pass
                 if report is not None:
                     report.close()
 
@@ -2236,7 +2681,7 @@ class Run:
         sessionfile = None
         if self.save_session:
             import dill
-            sessionfile = os.path.join(self.tasklist.directory, 'session.pkl')
+            sessionfile = self.tasklist._work_path('session.pkl')
             dill.dump_module(sessionfile)
         if isinstance(self.executor, Slurm):
             return _SlurmBackend(self.tasklist, self.executor, self.nprocesses,
@@ -2259,15 +2704,18 @@ class Run:
         return True
 
     def _collect(self, name, report):
+        """File a result, and return its task, with the outcome read when it
+        is first asked for, and whether it is done."""
         path, header = self.tasklist._file(name)
         try:
-            task = read_task(path)
+            task = read_task(path, outcome=False)
         except TaskFileError as error:
             task = Value(None)
             task.taskname, task.errorvalue = name, error
             task.runtime = header.get('runtime')
-        report.finished(task)
-        return task
+        done = header['state'] == 'done'
+        report.finished(task, done)
+        return task, done
 
 
 class _LocalBackend:
@@ -2314,7 +2762,7 @@ class _Report:
         self.tasklist, self.print_errors, self.publish = tasklist, print_errors, publish
         self.log = open(tasklist.logfile, 'a', buffering=1) if tasklist.logfile else None
         self.view = _progress_view(total) if progress else None
-        self.done = self.failed = 0
+        self.done = self.failed = self.waits = 0
         self.running, self.published = running, None
 
     def _line(self, text):
@@ -2326,7 +2774,18 @@ class _Report:
             self.publish(running=self.running)
             self.published = self.running
         if self.view:
-            self.view.update(self.done, self.failed, self.running)
+            self.view.update(self.done, self.failed, self.running, self.waits)
+
+    def joined(self):
+        """One more task: it was scheduled while the run went on."""
+        if self.view:
+            self.view.total += 1
+
+    def waiting(self, count):
+        """How many tasks wait for their dependencies."""
+        if count != self.waits:
+            self.waits = count
+            self._show()
 
     def started(self, name):
         self.running += 1
@@ -2340,8 +2799,7 @@ class _Report:
     def retried(self, name):
         self._line(f'retry {name}: it crashed or was killed')
 
-    def finished(self, task):
-        ok = task.errorvalue is None
+    def finished(self, task, ok):
         if ok:
             self.done += 1
             self._line(f'done {task.taskname} ({task.runtime or 0:.2f} s)')
@@ -2398,8 +2856,17 @@ class _TqdmView:
     def __init__(self, bar):
         self.bar = bar
 
-    def update(self, done, failed, running):
-        self.bar.set_postfix_str(f'done {done}, failed {failed}, running {running}', refresh=False)
+    @property
+    def total(self):
+        return self.bar.total
+
+    @total.setter
+    def total(self, total):
+        self.bar.total = total
+
+    def update(self, done, failed, running, waiting):
+        self.bar.set_postfix_str(f'done {done}, failed {failed}, running {running}'
+                                 + (f', waiting {waiting}' if waiting else ''), refresh=False)
         self.bar.update(done + failed - self.bar.n)
         self.bar.refresh()
 
@@ -2420,14 +2887,15 @@ class _Bar:
         self.began = self.shown = time.monotonic()
         self.text = ''
 
-    def update(self, done, failed, running):
+    def update(self, done, failed, running, waiting):
         now = time.monotonic()
         finished = done + failed
         rate = finished / max(now - self.began, 1e-9)
         eta = (self.total - finished) / rate if rate else float('inf')
         eta = time.strftime('%H:%M:%S', time.gmtime(eta)) if eta < 1e6 else '?'
         counts = (f'{finished}/{self.total} done {done}, failed {failed}, '
-                  f'running {running}, {rate:.1f} tasks/s, ETA {eta}')
+                  f'running {running}{f", waiting {waiting}" if waiting else ""}, '
+                  f'{rate:.1f} tasks/s, ETA {eta}')
         if self.terminal:
             filled = int(20 * finished / self.total) if self.total else 20
             self.text = f'[{"#" * filled}{"." * (20 - filled)}] {counts}'
@@ -2585,9 +3053,9 @@ class _ExecutorBackend:
             error = future.exception()
             if not os.path.exists(result):
                 error = error or RunforrestError('no result was written')
-                _record_death(self.tasklist._path('todo', name), result, TaskLost(
+                _record_failure(self.tasklist._path('todo', name), result, TaskLost(
                     f'the executor lost the task: {_summary(error)}',
-                    state=type(error).__name__, reason=str(error)), runtime=None)
+                    state=type(error).__name__, reason=str(error)), died=True)
             names.append(name)
         return names
 
@@ -2607,10 +3075,13 @@ class Slurm:
     ...                          executor=Slurm(partition='short', mem='4G')):
     ...     print(task.taskname, task.returnvalue)
 
-    The todo tasks go out as job arrays (`sbatch --array=...%nprocesses`),
-    one array element per task, each running `python -m runforrest` in the
-    foreground of its job, where it enforces autokill and memory_limit to
-    the second. The task list must lie on a filesystem that the nodes
+    Tasks go out as job arrays (`sbatch --array=...`), one array element
+    per task, each running `python -m runforrest` in the foreground of its
+    job, where it enforces autokill and memory_limit to the second. The
+    driver keeps nprocesses elements submitted: whenever some end, it
+    submits an array of as many tasks as may start, so that a list larger
+    than an array, or a pipeline whose tasks become ready one by one,
+    keeps the cluster busy. The task list must lie on a filesystem that the nodes
     share. Options map to sbatch's: partition, time, mem, cpus_per_task,
     account; extra_args is a list of further sbatch arguments. python is
     the interpreter the jobs use (default: this one). poll_interval: seconds
@@ -2664,9 +3135,10 @@ class _SlurmBackend:
         if sessionfile is not None:
             self.arguments += ['-s', sessionfile]
         self.queued = []
+        self.submitted = 0  # arrays, for their files' names
         self.jobs = {}  # name -> array element id, 'JOBID_INDEX'
         self.gone = {}  # name -> polls for which its job has ended without a result
-        self.workdir = os.path.join(tasklist.directory, 'slurm')
+        self.workdir = tasklist._work_path('slurm')
         os.makedirs(self.workdir, exist_ok=True)
 
     def adopt(self, marked):
@@ -2691,14 +3163,15 @@ class _SlurmBackend:
         return bool(self.jobs or self.queued)
 
     def has_room(self):
-        return not self.jobs and len(self.queued) < self.slurm.max_array_size
+        return len(self.jobs) + len(self.queued) < self.nprocesses
 
     def start(self, name):
         self.queued.append(name)
 
-    def _submit(self):
-        tasklist, names = self.tasklist, self.queued
-        stamp = f'{time.strftime("%Y%m%d-%H%M%S")}-{os.getpid()}'
+    def _submit(self, names):
+        tasklist = self.tasklist
+        self.submitted += 1
+        stamp = f'{time.strftime("%Y%m%d-%H%M%S")}-{os.getpid()}-{self.submitted}'
         listing = os.path.join(self.workdir, f'{stamp}.names')
         with open(listing, 'w') as file:
             file.write('\n'.join(names) + '\n')
@@ -2707,11 +3180,13 @@ class _SlurmBackend:
         with open(script, 'w') as file:
             file.write(_SLURM_SCRIPT.format(names=_shell_quote(listing),
                                             python=_shell_quote(self.slurm.python),
-                                            directory=_shell_quote(tasklist.directory),
+                                            todo=_shell_quote(tasklist._folder('todo')),
+                                            collect=_shell_quote(tasklist._folder('collect')),
+                                            output=_shell_quote(tasklist._folder('output')),
                                             arguments=arguments))
         # --no-requeue: after a node failure, SLURM would run the task again
         # behind our back; runforrest records it, and retries if asked to.
-        output = _slurm('sbatch', '--parsable', f'--array=0-{len(names) - 1}%{self.nprocesses}',
+        output = _slurm('sbatch', '--parsable', f'--array=0-{len(names) - 1}',
                         '--job-name=runforrest', '--no-requeue', f'--chdir={os.getcwd()}',
                         f'--output={os.path.join(self.workdir, "%A_%a.log")}',
                         *self.slurm.sbatch_options, script)
@@ -2719,7 +3194,6 @@ class _SlurmBackend:
         for index, name in enumerate(names):
             self.jobs[name] = f'{job}_{index}'
             _mark_running(tasklist, name, f'slurm {job}_{index}')
-        self.queued = []
 
     def _states(self, jobs):
         """{'JOBID_INDEX': (state, reason)} for the elements of these jobs."""
@@ -2734,8 +3208,10 @@ class _SlurmBackend:
         return states
 
     def wait(self):
-        if self.queued:
-            self._submit()
+        size = self.slurm.max_array_size
+        while self.queued:
+            names, self.queued = self.queued[:size], self.queued[size:]
+            self._submit(names)
         while True:
             finished = [name for name in self.jobs
                         if os.path.exists(self.tasklist._path('collect', name))]
@@ -2762,9 +3238,9 @@ class _SlurmBackend:
             result = self.tasklist._path('collect', name)
             if self.gone[name] >= 2 and not os.path.exists(result):
                 log = os.path.join(self.workdir, f'{element}.log')
-                _record_death(self.tasklist._path('todo', name), result, TaskLost(
+                _record_failure(self.tasklist._path('todo', name), result, TaskLost(
                     f'SLURM job {element} ended as {state} ({reason}) without a result'
-                    f'{_last_line(log)}', state=state, reason=reason), runtime=None)
+                    f'{_last_line(log)}', state=state, reason=reason), died=True)
                 lost.append(name)
         return lost
 
@@ -2793,8 +3269,8 @@ _SLURM_SCRIPT = '''#!/bin/sh
 # One element of a runforrest job array: the task named on line
 # SLURM_ARRAY_TASK_ID + 1 of the names file, supervised in the foreground.
 name=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {names})
-exec {python} -m runforrest {directory}/todo/"$name".pkl {directory}/collect/"$name".pkl \\
-    --output {directory}/output/"$name".log {arguments}
+exec {python} -m runforrest {todo}/"$name".pkl {collect}/"$name".pkl \\
+    --output {output}/"$name".log {arguments}
 '''
 
 
@@ -2937,6 +3413,8 @@ def _status_command(args):
     data = _status(tasklist)
     lines = [f'{data["directory"]}: ' + ', '.join(
         f'{data[state]} {state}' for state in STATES + ('running',))]
+    if data['waiting']:
+        lines.append(f'waiting: {data["waiting"]} of the todo tasks wait for their dependencies')
     if data['driver']:
         driver = data['driver']
         lines.append(f'driver: pid {driver.get("pid")} on {driver.get("host")}, '
@@ -2963,13 +3441,20 @@ def _status(tasklist):
     data = {'directory': tasklist.directory, 'driver': driver,
             'running': driver.get('running', 0) if driver else 0,
             **{state: len(tasklist._names(state)) for state in STATES}}
+    done = set(tasklist._names('done'))
+    data['waiting'] = 0
+    for name in tasklist._names('todo'):
+        try:
+            after = _header_of(tasklist._path('todo', name)).get('after', ())
+        except (OSError, TaskFileError):
+            continue
+        data['waiting'] += any(other not in done for other in after)
     runtimes, failures = [], {}
     for state in ('done', 'fail'):
         for name in tasklist._names(state):
             path = tasklist._path(state, name)
             try:
-                with open(path, 'rb') as file:
-                    header = _read_header(file, path)
+                header = _header_of(path)
             except (TaskFileError, FileNotFoundError):
                 header = {'error_type': 'TaskFileError', 'error': f'{path} cannot be read'}
             if header.get('runtime') is not None:
@@ -3055,9 +3540,11 @@ def _show_command(args):
         data.update(call=None, metadata=None, traceback=None, unreadable=str(error))
     try:
         tasklist = TaskList.open(directory)
-        output = tasklist.output(name)
     except NotATaskList:  # a task file by itself
-        output = None
+        tasklist = None
+    output = tasklist.output(name) if tasklist else None
+    data['dependencies'] = header.get('after', [])
+    data['dependents'] = tasklist._dependents(name) if tasklist else []
     if output is not None:
         lines = output.splitlines()
         output = '\n'.join(lines[-args.lines:] if args.lines else lines)
@@ -3068,6 +3555,10 @@ def _show_command(args):
     else:
         text.append(f'call      {data["call"]}')
         text.append(f'metadata  {_abbreviate(data["metadata"], 200)}')
+    if data['dependencies']:
+        text.append(f'after     {", ".join(data["dependencies"])}')
+    if data['dependents']:
+        text.append(f'needed by {", ".join(data["dependents"])}')
     if data['runtime'] is not None:
         text.append(f'runtime   {_format_seconds(data["runtime"])}')
     if data['error']:

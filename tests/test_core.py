@@ -398,7 +398,7 @@ def test_a_missing_task_file_is_named(tmp_path):
     with pytest.raises(TaskFileError, match='nothing.pkl does not exist'):
         runforrest.read_task(tmp_path / 'nothing.pkl')
     (tmp_path / 'junk.pkl').write_bytes(b'not a pickle at all')
-    with pytest.raises(TaskFileError, match='junk.pkl is not a readable task file'):
+    with pytest.raises(TaskFileError, match='junk.pkl is not a runforrest task file'):
         runforrest.read_task(tmp_path / 'junk.pkl')
 
 

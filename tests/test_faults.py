@@ -149,9 +149,14 @@ def wait_gone(processes, what, timeout=PROMPTLY):
              timeout=timeout)
 
 
+def folder(directory, state):
+    """Where a list keeps a state's files: collect/ is the driver's own."""
+    return os.path.join(directory, '.runforrest' if state == 'collect' else '', state)
+
+
 def names(directory, state):
     """Visible task names in DIR/state, sorted."""
-    path = os.path.join(directory, state)
+    path = folder(directory, state)
     if not os.path.isdir(path):
         return []
     return sorted(entry[:-4] for entry in os.listdir(path)
@@ -161,7 +166,7 @@ def names(directory, state):
 def hidden_files(directory):
     return sorted(os.path.relpath(path, directory)
                   for state in ('todo', 'done', 'fail', 'collect', 'output')
-                  for path in glob.glob(os.path.join(directory, state, '.*')))
+                  for path in glob.glob(os.path.join(folder(directory, state), '.*')))
 
 
 def layout(directory):
@@ -902,7 +907,7 @@ def _check_left_early(directory, quick, markers, hanging):
     stored = {task.taskname: task.returnvalue for task in TaskList.open(directory).done_tasks()}
     assert stored == quick
     assert hidden_files(directory) == []
-    with open(os.path.join(directory, 'driver.lock')) as lock:
+    with open(os.path.join(directory, '.runforrest', 'driver.lock')) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still held
 
 
@@ -1004,7 +1009,7 @@ def test_kill_while_writing_a_result_leaves_only_a_hidden_temporary(tmp_path, pr
     wait_for(lambda: len(names(directory, 'done')) == 2, 'the healthy tasks to finish')
     [slow] = [line.split()[1] for line in driver_lines(output) if line.startswith('slow ')]
     # Mid-write: the result exists only as a hidden temporary file.
-    temporaries = glob.glob(str(directory / 'collect' / f'.{slow}.pkl.tmp'))
+    temporaries = glob.glob(str(directory / '.runforrest' / 'collect' / f'.{slow}.pkl.tmp'))
     assert len(temporaries) == 1 and os.path.getsize(temporaries[0]) > 20 * MiB
     assert names(directory, 'collect') == [] and slow in names(directory, 'todo')
     assert slow not in names(directory, 'done') + names(directory, 'fail')
@@ -1103,17 +1108,13 @@ def test_reading_a_damaged_result_file_names_it_or_skips_it(tasklist, state):
     good = tasklist.schedule(defer(faulty.double, 1))
     bad = tasklist.schedule(defer(faulty.raise_value_error, 'no'))
     list(tasklist.run(nprocesses=2))
-    # A copy of a real result file, cut in the middle of its outcome (after
-    # the header and the task record).
+    # A copy of a real result file, cut in the middle.
     source = os.path.join(tasklist.directory, state, f'{good if state == "done" else bad}.pkl')
     broken = os.path.join(tasklist.directory, state, '00000009-broken.pkl')
     with open(source, 'rb') as file:
-        header = pickle.load(file)
-        outcome_starts = file.tell() + header['record_size']
-        file.seek(0)
         data = file.read()
     with open(broken, 'wb') as file:
-        file.write(data[:outcome_starts + (len(data) - outcome_starts) // 2])
+        file.write(data[:len(data) // 2])
     read = tasklist.done_tasks if state == 'done' else tasklist.fail_tasks
     with pytest.raises(TaskFileError) as info:
         list(read())

@@ -100,7 +100,7 @@ def test_a_job_that_dies_without_a_result_is_recorded_with_slurms_state(tmp_path
     for task in tasklist.run(nprocesses=2, executor=slurm):
         if task.returnvalue == 'fine':
             wait_for(pidfile.exists, 'the sleeping task to start')
-            mark = tmp_path / 'list' / 'running' / '00000001-record_pid_and_sleep'
+            mark = tmp_path / 'list' / '.runforrest' / 'running' / '00000001-record_pid_and_sleep'
             element = mark.read_text().split()[1]
             subprocess.run(['scancel', element], check=True)
         else:
@@ -142,7 +142,7 @@ def start_driver(tmp_path):
 
 
 def running_marks(tmp_path):
-    directory = tmp_path / 'list' / 'running'
+    directory = tmp_path / 'list' / '.runforrest' / 'running'
     return sorted(os.listdir(directory)) if directory.exists() else []
 
 
