@@ -4,6 +4,39 @@
     python benchmarks/pipelines.py              # the targets' sizes, about 15 minutes
     python benchmarks/pipelines.py --only faults --timeout 120
 
+Each system runs the same graphs of stages (workloads.stage: sleep, then
+return 1 + the sum of its inputs, so that the results check that every
+stage got its inputs' results), two at a time:
+
+- runforrest: each stage scheduled on a TaskList, its dependencies passed
+  as the scheduled tasks themselves; forkserver, the default.
+- TaskGraph: add_task(n_workers=2), each stage's result in a file that
+  its dependents read, TaskGraph's way of passing data.
+- dask processes: dask.delayed, compute(scheduler='processes'), a pool of
+  spawned worker processes: dask's local scheduler for GIL-bound Python.
+- dask distributed: dask.delayed on a LocalCluster of 2 single-threaded
+  worker processes under nannies: the scheduler that Dask recommends
+  even on one machine, and its only one that restarts dead workers and
+  has a memory limit. The cluster's start is not timed.
+
+Workloads, each a table:
+
+- fan-in: n trivial stages and one that takes all their results, versus
+  n + 1 independent stages. Per dependency edge: the difference of the
+  two runs' driver CPU time (user + system, all of the driver's threads,
+  none of its children), and of their wall time, divided by n; wall time
+  varies by seconds on a busy machine, CPU time much less. The driver's
+  peak memory (VmHWM) at two sizes: its growth per stage says whether it
+  stays flat.
+- chain: n trivial stages, each taking the previous one's result, versus
+  n independent ones, both one at a time (a chain cannot run two at a
+  time): their ratio is what a dependency costs per task.
+- diamond: one source, n - 2 stages of 50 ms that take its result, one
+  sink of 50 ms that takes theirs, versus the ideal wall time of that
+  graph on two processes.
+- faults: a small pipeline whose one stage segfaults, hangs, or grows
+  beyond a memory limit; what each system does about it.
+
 Every run of every system is a fresh interpreter in a session of its own,
 so that each driver's peak memory is its own, and a run that hangs is
 killed, with every process it started, after a hard timeout: a peer that
