@@ -28,6 +28,9 @@ Workloads, each a table:
   varies by seconds on a busy machine, CPU time much less. The driver's
   peak memory (VmHWM) at two sizes: its growth per stage says whether it
   stays flat.
+- dense: n stages, and n that each take all their results, versus 2 n
+  independent ones: n * n edges, per edge as for the fan-in, but among
+  few stages, so that the edges' cost stands out of the noise.
 - chain: n trivial stages, each taking the previous one's result, versus
   n independent ones, both one at a time (a chain cannot run two at a
   time): their ratio is what a dependency costs per task.
@@ -69,6 +72,7 @@ sys.path.insert(1, REPOSITORY)
 
 SIZES = {  # (full, --quick)
     'fan-in': ((2_500, 10_000), (250, 1_000)),  # two sizes, to see memory grow or not
+    'dense': (100, 50),  # sources and sinks: their square is the number of edges
     'chain': (1_000, 200),
     'diamond': (200, 40),
 }
@@ -96,6 +100,12 @@ def independent(n):
 def fan_in(n):
     """n independent stages, and one that takes all of their results."""
     return independent(n) + [Node(workloads.stage, 0, tuple(range(n)))]
+
+
+def dense(n):
+    """n independent stages, and n stages that each take all of their
+    results: n * n edges among 2 n stages."""
+    return independent(n) + [Node(workloads.stage, 0, tuple(range(n))) for _ in range(n)]
 
 
 def chain(n):
@@ -129,8 +139,8 @@ def faulty(fault):
     return nodes
 
 
-GRAPHS = {'independent': independent, 'fan-in': fan_in, 'chain': chain, 'diamond': diamond,
-          'faulty': faulty}
+GRAPHS = {'independent': independent, 'fan-in': fan_in, 'dense': dense, 'chain': chain,
+          'diamond': diamond, 'faulty': faulty}
 
 
 def expected(nodes):
@@ -522,6 +532,31 @@ def fan_in_workload(harness, systems):
                  'result'], memory)
 
 
+def dense_workload(harness, systems):
+    n = SIZES['dense'][harness.options.quick]
+    # As many stages, n * n edges: what an edge costs, without the noise
+    # of thousands of task processes.
+    linked, loose = ('dense', n), ('independent', 2 * n)
+    medians, failures = harness.compare('dense', [linked, loose], systems)
+    reference = medians.get('runforrest', {}).get(linked, (None,))[0]
+    rows = []
+    for system, runs in medians.items():
+        (wall, cpu, _, _), (loose_wall, loose_cpu, _, _) = runs[linked], runs[loose]
+        per_edge_cpu = (cpu - loose_cpu) / n ** 2 * 1000
+        verdict = ''
+        if system == 'runforrest':
+            verdict = bench.check('dense', 'driver CPU per edge [ms]', per_edge_cpu, 0.05)
+        rows.append([system, f'{wall:.2f}', f'{loose_wall:.2f}', versus(wall, reference),
+                     f'{(wall - loose_wall) / n ** 2 * 1000:.4f}', f'{per_edge_cpu:.4f}',
+                     '<= 0.05' if verdict else '', verdict])
+    bench.table(f'dense: {n} trivial stages and {n} that each take all their results '
+                f'({n * n} edges), {NPROCESSES} at a time, versus {2 * n} independent ones; '
+                f'per edge = the difference / {n * n}',
+                ['system', 'dense wall [s]', 'independent wall [s]', 'wall vs runforrest',
+                 'wall per edge [ms]', 'driver CPU per edge [ms]', 'target', 'result'],
+                rows, failures)
+
+
 def chain_workload(harness, systems):
     n = SIZES['chain'][harness.options.quick]
     # One at a time in both, as a chain must: the ratio is then what a
@@ -636,8 +671,8 @@ def faults_workload(harness, systems):
                 ['system'] + list(FAULTS), rows)
 
 
-WORKLOADS = {'fan-in': fan_in_workload, 'chain': chain_workload, 'diamond': diamond_workload,
-             'faults': faults_workload}
+WORKLOADS = {'fan-in': fan_in_workload, 'dense': dense_workload, 'chain': chain_workload,
+             'diamond': diamond_workload, 'faults': faults_workload}
 
 
 def missing(system):
