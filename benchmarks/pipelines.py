@@ -82,7 +82,7 @@ STAGE_MS = 100  # the healthy stages of the faulty pipeline
 MEMORY_LIMIT = 400 << 20
 HOG_BYTES = 1536 << 20  # what the faulty stage would use without a limit
 AUTOKILL = 5  # seconds, for runforrest's hanging stage
-TIMEOUT = (60, 15)  # seconds that a faulty graph may take before it counts as hung
+TIMEOUT = (60, 10)  # seconds that a faulty graph may take before it counts as hung
 STARTUP_TIMEOUT = 120  # seconds for a run's imports, and a cluster, to start
 SYSTEMS = ['runforrest', 'TaskGraph', 'dask processes', 'dask distributed']
 
