@@ -376,7 +376,8 @@ def oom_killer(session, limit):
 
 def launch(system, graph, size, options, directory, nprocesses=NPROCESSES, fault=None):
     """Run one graph on one system in a fresh interpreter, and return its
-    report, with what became of the run: 'ok', 'hung', or 'died'."""
+    report, with what became of the run: 'ok', 'hung' (killed after the
+    timeout), or 'died' (its driver, with its last words)."""
     limits = fault is not None
     spec = {'system': system, 'graph': graph, 'size': size, 'nprocesses': nprocesses,
             'directory': directory, 'report': directory + '.json',
@@ -398,14 +399,14 @@ def launch(system, graph, size, options, directory, nprocesses=NPROCESSES, fault
         if os.path.exists(spec['started']) and deadline > time.monotonic() + timeout:
             deadline = time.monotonic() + timeout
         if time.monotonic() >= deadline:
-            state = 'hung'
+            state = 'hung' if os.path.exists(spec['started']) else 'stuck'
             kill(process.pid)
             process.wait()
             break
         if stand_in:
             killed_for_memory += oom_killer(process.pid, stand_in)
         time.sleep(0.05)
-    strays = sweep(process.pid, grace=0 if state == 'hung' else 2)
+    strays = sweep(process.pid, grace=2 if state == 'ok' else 0)
     report = {'state': state, 'returncode': process.returncode, 'timeout': timeout,
               'strays': strays, 'killed_for_memory': killed_for_memory, 'failed': {}}
     if state == 'ok' and os.path.exists(spec['report']):
@@ -413,17 +414,23 @@ def launch(system, graph, size, options, directory, nprocesses=NPROCESSES, fault
             report.update(json.load(file))
     else:
         report['done'] = kept(system, directory)
-        if state == 'ok':
-            report['state'] = 'died'
+        if state != 'hung':
             with open(directory + '.log') as file:
                 report['last words'] = (file.read().strip().splitlines() or [''])[-1][:200]
+            if state == 'stuck':
+                report['last words'] = (f'its graph had not started after {STARTUP_TIMEOUT} s; '
+                                        f'{report["last words"]}')
+            report['state'] = 'died'
     return report
 
 
 def kept(system, directory):
     """How many results a run that did not finish left on disk."""
+    if not os.path.isdir(directory):
+        return 0
     if system == 'runforrest':
-        return len(os.listdir(os.path.join(directory, 'done')))
+        done = os.path.join(directory, 'done')
+        return len(os.listdir(done)) if os.path.isdir(done) else 0
     if system == 'TaskGraph':
         return sum(name.startswith('stage-') for name in os.listdir(directory))
     return 0  # dask holds results in memory
@@ -461,8 +468,8 @@ class Harness:
         return report
 
     def repeats(self, workload):
-        """Runs per system and variant, to take the median of: the fan-in's
-        runs are long, and its driver CPU time varies little."""
+        """Runs per system and variant, to take the median of; one of the
+        fan-in, whose runs take up to minutes."""
         if self.options.repeat:
             return self.options.repeat
         return 1 if self.options.quick or workload == 'fan-in' else 3
