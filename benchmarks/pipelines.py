@@ -395,17 +395,23 @@ def launch(system, graph, size, options, directory, nprocesses=NPROCESSES, fault
     # interpreter, its imports or a cluster, which are also bounded.
     deadline = time.monotonic() + STARTUP_TIMEOUT + timeout
     killed_for_memory, state = [], 'ok'
-    while process.poll() is None:
-        if os.path.exists(spec['started']) and deadline > time.monotonic() + timeout:
-            deadline = time.monotonic() + timeout
-        if time.monotonic() >= deadline:
-            state = 'hung' if os.path.exists(spec['started']) else 'stuck'
-            kill(process.pid)
-            process.wait()
-            break
-        if stand_in:
-            killed_for_memory += oom_killer(process.pid, stand_in)
-        time.sleep(0.05)
+    try:
+        while process.poll() is None:
+            if os.path.exists(spec['started']) and deadline > time.monotonic() + timeout:
+                deadline = time.monotonic() + timeout
+            if time.monotonic() >= deadline:
+                state = 'hung' if os.path.exists(spec['started']) else 'stuck'
+                kill(process.pid)
+                process.wait()
+                break
+            if stand_in:
+                killed_for_memory += oom_killer(process.pid, stand_in)
+            time.sleep(0.05)
+    except BaseException:  # Ctrl-C or SIGTERM: the run in its own session goes too
+        kill(process.pid)
+        process.wait()
+        sweep(process.pid, grace=0)
+        raise
     strays = sweep(process.pid, grace=2 if state == 'ok' else 0)
     report = {'state': state, 'returncode': process.returncode, 'timeout': timeout,
               'strays': strays, 'killed_for_memory': killed_for_memory, 'failed': {}}
@@ -755,6 +761,9 @@ def main():
     for system, why in skipped.items():
         print(f'\n- {system} skipped: {why}')
     become_subreaper()
+    # SIGTERM as SystemExit, so that the run in progress, in a session of
+    # its own, is killed with us, and the work directory removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(f'{sys.argv[0]}: terminated'))
     options.workdir = tempfile.mkdtemp(prefix='runforrest-bench-pipelines-',
                                        dir=os.path.abspath(options.workdir))
     options.discarded = os.path.join(options.workdir, 'discarded')
