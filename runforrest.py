@@ -8,15 +8,20 @@ or flood its output without harming anything but itself.
 A task is a file, and its life is a walk through the task list's directory::
 
     defer(f, x) ─► Task graph ─ schedule() ─► DIR/todo/00000001-f.pkl
+                 (a task scheduled before and used in this graph is a
+                  dependency: the file names it, instead of holding it)
                                                    │
-                          run(): one process per task, at most N at once
-                          python -m runforrest todo/00000001-f.pkl collect/00000001-f.pkl
+                     run(): waits until its dependencies are in done/
+                     (if one lands in fail/, it fails unrun: DependencyFailed)
+                                                   │
+                          one process per task, at most N at once
+                          python -m runforrest todo/00000001-f.pkl .runforrest/collect/00000001-f.pkl
                           (its stdout and stderr go to DIR/output/00000001-f.log)
                                                    │
                               the result, or, if the process died without one,
                               the supervisor's record of how it died
                                                    ▼
-                                    DIR/collect/00000001-f.pkl
+                                DIR/.runforrest/collect/00000001-f.pkl
                                                    │ the driver files it and yields it
                                                    ▼
                            DIR/done/00000001-f.pkl  or  DIR/fail/00000001-f.pkl
@@ -24,13 +29,18 @@ A task is a file, and its life is a walk through the task list's directory::
 Every file appears atomically (written aside, then moved into place), and a
 result is on disk before the task leaves todo/, so a crash of a task, of the
 driver or of the machine loses nothing: the next run files what reached
-collect/ and runs again what did not.
+collect/ and runs again what did not. Every file in todo/, done/ and fail/
+unpickles to its task (see "The file format"), and .runforrest/ holds all
+the drivers' working state.
 
 The module reads in that order: errors, the task graph, the file format, the
 store (`TaskList`), the task process, the supervisor that starts and polices
-task processes, the driver (`Run`), conveniences (`pmap`, progress), backends
-for more than one machine (`Slurm`, executors such as Dask), and the command
-line.
+task processes, the driver (`Run`, and the dependencies it waits for),
+progress, conveniences (`pmap`, `call`, `background`, `pmap_rows`),
+backends for more than one machine (`Slurm`, executors such as Dask), and
+the command line. Keys (what a task's result depends on, for lists that
+reuse their work) come with the task graph, and the ledger of a reuse list
+with the store.
 """
 
 if __name__ == '__main__':
@@ -53,11 +63,13 @@ __version__ = '1.0.0'
 
 __all__ = [
     'defer', 'evaluate', 'Task', 'Call', 'Value', 'Item', 'Attribute',
-    'TaskList', 'Run', 'pmap', 'execute', 'read_task', 'Slurm',
+    'TaskList', 'Run', 'pmap', 'proc', 'call', 'background', 'pmap_rows',
+    'execute', 'read_task', 'Slurm',
     'RunforrestError', 'TaskListError', 'TaskListExists', 'NotATaskList',
     'TaskListBusy', 'TaskFileError', 'NotPicklable', 'TaskFailure',
     'TaskCrashed', 'TaskKilled', 'TaskTimeout', 'TaskOutOfMemory',
     'TaskLost', 'UnpicklableResult', 'UnpicklableException', 'DependencyFailed',
+    'File', 'NotKeyable', 'MissingOutput',
 ]
 
 
@@ -107,6 +119,13 @@ class NotPicklable(RunforrestError, TypeError):
     to another process. Attribute: `type_name`."""
 
 
+class NotKeyable(RunforrestError, TypeError):
+    """A value cannot be part of a task's key, because it cannot be known
+    deterministically: an open file, a lock, a generator, an object that
+    pickles differently each time. Attributes: `type_name`, and `where`
+    (which argument, and where inside it)."""
+
+
 class TaskFailure(RunforrestError):
     """Recorded as `errorvalue` when a task failed without raising an
     exception of its own."""
@@ -143,6 +162,11 @@ class UnpicklableResult(TaskFailure):
 class UnpicklableException(TaskFailure):
     """Stands in for an exception that could not be pickled: it keeps its
     `type_name` and `message`; the task's `traceback` is kept as well."""
+
+
+class MissingOutput(TaskFailure):
+    """The task ran, but did not write a file that `schedule(outputs=...)`
+    says it writes (`path`)."""
 
 
 class DependencyFailed(TaskFailure):
@@ -188,9 +212,9 @@ class Task:
 
     Names starting with an underscore are not deferred (they belong to
     Python's protocols), and neither are the names of a task's outcome:
-    `metadata`, `returnvalue`, `errorvalue`, `traceback`, `runtime` and
-    `taskname`, which are set on tasks that come back from a `TaskList`. To
-    defer access to an attribute of one of those names, use
+    `metadata`, `returnvalue`, `errorvalue`, `traceback`, `runtime`,
+    `taskname` and `reused`, which are set on tasks that come back from a
+    `TaskList`. To defer access to an attribute of one of those names, use
     `defer(getattr, task, 'returnvalue')`.
 
     Tasks compare equal when they are the same task, also after a trip
@@ -203,6 +227,7 @@ class Task:
     traceback = _Outcome()
     runtime = None
     taskname = None
+    reused = False
 
     def __init__(self, fun, args=(), kwargs=None):
         self._fun = fun
@@ -501,6 +526,1029 @@ def _label(task):
 
 
 # ---------------------------------------------------------------------------
+# Keys: what a task's result depends on
+# ---------------------------------------------------------------------------
+#
+# A task's key is a digest of everything that its result depends on and that
+# runforrest can see, so that a task list can tell work already done from
+# work that is new or changed:
+#   - the code it calls (`_code_key`): the syntax of the functions, not their
+#     bytecode or their place in the file, and, transitively, the user's own
+#     functions and classes they reach through their globals and closures,
+#     with the values of the module-level data they read;
+#   - its arguments' values (`_value_key`), its input files' contents
+#     (`File`), and the keys, not the values, of the separately scheduled
+#     tasks it depends on (`_task_key`): a Merkle tree over the task graph.
+# Each part is written as a stream of tagged, length-prefixed tokens, and the
+# stream is hashed with SHA-256. Nothing in it depends on the process (no
+# ids, addresses, hash seeds, file names of scripts or dict orders that vary),
+# so a fresh interpreter running the same script computes the same keys.
+#
+# What a key cannot see: files a task opens by name (wrap inputs in File()),
+# environment variables, other programs, databases, the clock, code reached
+# only by name at run time (getattr, importlib, eval), and the code of the
+# standard library and of installed packages, which count by name only.
+# For those, a task's key takes values of the user's own (`extra` of
+# `_task_key`): a version string bumped by hand, a library's __version__,
+# File() objects for the files a helper reads by name.
+
+_KEY_DIGITS = 32  # hex digits of a key: 128 bits
+_HASH_CHUNK = 1 << 22  # bytes per leaf of the hash tree; changing it changes every key
+_SHARED_ARRAY_BYTES = 1 << 16  # arrays at least this big are hashed once per object
+_RACY_NANOSECONDS = 2_000_000_000  # a file changed this recently may change unseen
+
+
+class File(Value):
+    """An input file of a task: `defer(prepare, File('data/raw.csv'))`.
+
+    The task receives the path as it was given (a str or path-like). The
+    task's key covers that path and the file's content, not its timestamps:
+    a file that is touched, or replaced by a copy with the same bytes, keeps
+    its key; a file whose bytes changed gets a new one.
+
+    Hashing is skipped for a file whose size, modification and change times
+    and inode are as recorded when it was last hashed (see `_file_digest`),
+    so that an unchanged input of 10 GB costs a stat(), not a read.
+
+    >>> evaluate(defer(len, File('README.md'))) == len('README.md')
+    True
+    """
+
+    def __init__(self, path):
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise TypeError(f'File() takes the path of a file (a str or path-like '
+                            f'object), not {type(path).__name__} {_abbreviate(path)}')
+        super().__init__(path)
+
+
+def _buffer_digest(data):
+    """The digest of a C-contiguous buffer's bytes (see `_tree_digest`)."""
+    view = memoryview(data).cast('B')
+    return _tree_digest(len(view), lambda offset: view[offset:offset + _HASH_CHUNK])
+
+
+def _tree_digest(size, chunk):
+    """SHA-256 of size and of the SHA-256 of each _HASH_CHUNK bytes that
+    chunk(offset) returns, hashed in as many threads as there are cores:
+    hashlib lets go of the GIL while it hashes, so that one big array or file
+    is hashed at the speed of all the cores, yet its digest does not depend on
+    how many there are."""
+    import hashlib
+    offsets = range(0, size, _HASH_CHUNK)
+    digests = [b''] * len(offsets)
+    errors = []
+
+    def hash_every(step, first):
+        try:
+            for index in range(first, len(offsets), step):
+                digests[index] = hashlib.sha256(chunk(offsets[index])).digest()
+        except BaseException as error:
+            errors.append(error)
+
+    workers = min(len(offsets), len(os.sched_getaffinity(0)), 8)
+    if workers > 1:
+        import threading
+        threads = [threading.Thread(target=hash_every, args=(workers, first), daemon=True)
+                   for first in range(1, workers)]
+        for thread in threads:
+            thread.start()
+        hash_every(workers, 0)
+        for thread in threads:
+            thread.join()
+    else:
+        hash_every(1, 0)
+    if errors:
+        raise errors[0]
+    return hashlib.sha256(b'%d;' % size + b''.join(digests)).digest()
+
+
+def _file_signature(path):
+    """What changes whenever a file's content may have: size, modification
+    and change times and inode. The change time cannot be set by hand, so a
+    copy that keeps the modification time (cp -p, rsync -t) is hashed anew."""
+    import stat
+    status = os.stat(path)
+    if stat.S_ISDIR(status.st_mode):
+        raise IsADirectoryError(errno.EISDIR, 'a directory, not a file '
+                                              '(give File() each file in it)', path)
+    if not stat.S_ISREG(status.st_mode):
+        raise OSError(errno.EINVAL, 'not a regular file', path)
+    return status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino
+
+
+def _file_digest(path, files=None):
+    """The digest of the content of the file at path.
+
+    files, if given, is the record of earlier hashing: a dict of absolute
+    path -> (size, mtime_ns, ctime_ns, inode, digest), read and updated here.
+    A file whose signature (`_file_signature`) is as recorded is not read
+    again. A file changed in the last two seconds is hashed but not recorded:
+    on file systems with coarse timestamps, a write right after the hashing
+    could leave its signature as it was. The record is plain data, for the
+    task list to keep in its own files.
+
+    A copy or a touched file has a new signature, is hashed again, and, if
+    its bytes are the same, has the same digest.
+    """
+    name = os.path.abspath(path)
+    for attempt in range(3):  # a file written while it is hashed is hashed again
+        before = _file_signature(name)
+        recorded = files.get(name) if files is not None else None
+        if recorded is not None and tuple(recorded[:-1]) == before:
+            return recorded[-1]
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            digest = _tree_digest(before[0], lambda offset: os.pread(fd, _HASH_CHUNK, offset))
+        finally:
+            os.close(fd)
+        after = _file_signature(name)
+        if after == before:
+            break
+    if files is not None and time.time_ns() - after[1] > _RACY_NANOSECONDS:
+        files[name] = (*after, digest)
+    return digest
+
+
+_ARRAY_DIGESTS = {}  # id(array) -> (weak reference, sample of its bytes, digest)
+
+
+def _array_digest(raw, array):
+    """The digest of raw, the bytes of array (a numpy array), hashed once per
+    array object: one array passed to 10,000 tasks is hashed once.
+
+    The cache holds a weak reference, so it keeps no array alive and an id
+    reused by a new array is not taken for the old one. An array changed in
+    place is noticed by a sample of its bytes (17 blocks of 256, evenly
+    spread): a change that none of them sees, such as a single element,
+    keeps the old digest. Pass a copy of an array that you change between
+    schedules."""
+    if raw.nbytes < _SHARED_ARRAY_BYTES:
+        return _buffer_digest(raw)
+    view = memoryview(raw).cast('B')
+    step = max(len(view) // 16, 1)
+    sample = b''.join([view[offset:offset + 256] for offset in range(0, len(view), step)]
+                      + [view[-256:]])
+    cached = _ARRAY_DIGESTS.get(id(array))
+    if cached is not None and cached[0]() is array and cached[1] == sample:
+        return cached[2]
+    import weakref
+    digest = _buffer_digest(view)
+
+    def forget(reference, identity=id(array)):
+        if _ARRAY_DIGESTS.get(identity, (None,))[0] is reference:
+            del _ARRAY_DIGESTS[identity]
+
+    _ARRAY_DIGESTS[id(array)] = (weakref.ref(array, forget), sample, digest)
+    return digest
+
+
+_LIBRARY_FILES = {}  # file name -> whether it belongs to a library
+
+
+def _is_library_file(filename):
+    """Whether code from filename is the standard library's, an installed
+    package's or runforrest's own: code that keys count by name, not by
+    content. Everything else, scripts, notebooks, a project's modules and
+    packages installed with `pip install -e`, is the user's own code."""
+    library = _LIBRARY_FILES.get(filename)
+    if library is None:
+        if filename.startswith('<'):  # <frozen ...> is the stdlib; <string>, <stdin> are not
+            library = filename.startswith('<frozen')
+        else:
+            import sysconfig
+            path = os.path.realpath(filename)
+            roots = {os.path.realpath(sysconfig.get_path(name)) + os.sep
+                     for name in ('stdlib', 'platstdlib')}
+            parts = path.split(os.sep)
+            library = ('site-packages' in parts or 'dist-packages' in parts
+                       or path == os.path.realpath(__file__)
+                       or any(path.startswith(root) for root in roots))
+        _LIBRARY_FILES[filename] = library
+    return library
+
+
+def _is_library_module(module):
+    if module.__name__ == _MAIN_MODULE:
+        return False
+    location = getattr(module, '__file__', None) or next(iter(getattr(module, '__path__', ())),
+                                                         None)
+    return location is None or _is_library_file(location)  # None: built into Python
+
+
+def _is_library_class(cls):
+    module = sys.modules.get(cls.__module__)
+    return module is not None and _is_library_module(module)
+
+
+class _Source:
+    """A user's source file, parsed and compiled once: its functions'
+    syntax by first line, and the code compiled from it, by which code
+    imported from an older version of the file is known."""
+
+    def __init__(self, lines, filename):
+        import ast
+        source = ''.join(lines)
+        self.tree = ast.parse(source, filename)
+        self.functions = {}  # (first line, name) -> def node
+        self.lambdas = {}  # line -> lambda nodes
+        for node in ast.walk(self.tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+                self.functions[first, node.name] = node
+            elif isinstance(node, ast.Lambda):
+                self.lambdas.setdefault(node.lineno, []).append(node)
+        self.codes = set()
+        todo = [compile(source, filename, 'exec', dont_inherit=True,
+                        optimize=sys.flags.optimize)]
+        while todo:
+            code = todo.pop()
+            self.codes.add(code)
+            todo.extend(const for const in code.co_consts if isinstance(const, type(code)))
+
+    def node_of(self, code):
+        """The syntax tree that code was compiled from, or None."""
+        if code not in self.codes:
+            return None
+        if code.co_name != '<lambda>':
+            return self.functions.get((code.co_firstlineno, code.co_name))
+        # Lambdas have no name: the one on its line with its parameters whose
+        # source span holds every instruction of the code.
+        nargs = (code.co_argcount + code.co_kwonlyargcount
+                 + bool(code.co_flags & 0x04) + bool(code.co_flags & 0x08))
+        parameters = sorted(code.co_varnames[:nargs])
+        spans = [(line, column, end_line, end_column)
+                 for line, end_line, column, end_column in code.co_positions()
+                 if None not in (line, end_line, column, end_column)
+                 and line >= code.co_firstlineno]
+        candidates = []
+        for node in self.lambdas.get(code.co_firstlineno, ()):
+            arguments = node.args
+            names = sorted(argument.arg for argument in
+                           [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs,
+                            *filter(None, [arguments.vararg, arguments.kwarg])])
+            if names == parameters and all(
+                    (node.lineno, node.col_offset) <= (line, column)
+                    and (end_line, end_column) <= (node.end_lineno, node.end_col_offset)
+                    for line, column, end_line, end_column in spans):
+                candidates.append(node)
+        return candidates[0] if len(candidates) == 1 else None
+
+
+_SOURCES = {}  # file name -> _Source, or None where there is none
+_CODE_INFO = {}  # code -> (digest of its syntax, the dotted global names it reads)
+
+
+def _code_info(code, module_globals):
+    """(digest, global names) of a user's code object, worked out once.
+
+    The digest is of the syntax tree of its source, without docstrings and
+    positions: a changed statement, constant, default or decorator changes
+    it; a comment, a docstring, blank lines or a move within the file do not.
+    Where there is no source to be had (code typed at the prompt, made by
+    exec(), or imported from a file that has changed since), the digest is of
+    the code object's instructions, constants and names instead: a move
+    within the file changes that one neither, a docstring does.
+    """
+    info = _CODE_INFO.get(code)
+    if info is None:
+        import ast
+        import hashlib
+        node = _source_node(code, module_globals)
+        if node is not None:
+            node = _without_docstrings(node)
+            syntax = b'ast' + ast.dump(node, include_attributes=False).encode()
+        else:
+            keyer = _Keyer()
+            keyer.bytecode(code)
+            syntax = b'code' + b''.join(keyer.out)
+        info = _CODE_INFO[code] = (hashlib.sha256(syntax).digest(), _global_names(code))
+    return info
+
+
+def _source_node(code, module_globals):
+    import linecache
+    filename = code.co_filename
+    for attempt in range(2):  # a second time with the file as it is now
+        if filename not in _SOURCES:
+            lines = linecache.getlines(filename, module_globals)
+            try:
+                _SOURCES[filename] = _Source(lines, filename) if lines else None
+            except (SyntaxError, ValueError):
+                _SOURCES[filename] = None
+        source = _SOURCES[filename]
+        node = source.node_of(code) if source is not None else None
+        if node is not None or attempt:
+            return node
+        linecache.checkcache(filename)
+        del _SOURCES[filename]
+
+
+def _without_docstrings(node):
+    import ast
+    import copy
+    node = copy.deepcopy(node)
+    for inner in ast.walk(node):
+        if isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) \
+                and inner.body and isinstance(inner.body[0], ast.Expr) \
+                and isinstance(inner.body[0].value, ast.Constant) \
+                and isinstance(inner.body[0].value.value, str):
+            inner.body = inner.body[1:]
+    return node
+
+
+def _global_names(code):
+    """The dotted names that code, and the code nested in it, read from its
+    globals, such as ('np', 'linalg', 'norm') or ('helper',), in order."""
+    import dis
+    names = {}
+    todo = [code]
+    while todo:
+        current = todo.pop(0)
+        dotted = None
+        for instruction in dis.get_instructions(current):
+            if instruction.opname in ('LOAD_GLOBAL', 'LOAD_NAME'):
+                if dotted:
+                    names[tuple(dotted)] = None
+                dotted = [instruction.argval]
+            elif instruction.opname in ('LOAD_ATTR', 'LOAD_METHOD') and dotted:
+                dotted.append(instruction.argval)
+            elif dotted:
+                names[tuple(dotted)] = None
+                dotted = None
+        if dotted:
+            names[tuple(dotted)] = None
+        todo.extend(const for const in current.co_consts if isinstance(const, type(code)))
+    return tuple(names)
+
+
+class _Absent:
+    """A global that is not there (the code would raise NameError), or an
+    empty closure cell."""
+
+
+_ABSENT = _Absent()
+
+
+def _contents(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:  # not filled yet
+        return _ABSENT
+
+
+def _same(items, others):
+    items = tuple(items)
+    return len(items) == len(others) and all(item is other for item, other in zip(items, others))
+
+
+def _look_up_global(namespace, dotted):
+    """(object, how many of the names led to it) for a dotted name read from
+    globals, followed through the user's own modules only."""
+    obj = namespace.get(dotted[0], _ABSENT)
+    if obj is _ABSENT:
+        builtins = namespace.get('__builtins__', __builtins__)
+        obj = (builtins if isinstance(builtins, dict) else vars(builtins)).get(dotted[0], _ABSENT)
+    walked = 1
+    while walked < len(dotted) and type(obj) is type(sys) and not _is_library_module(obj):
+        obj = getattr(obj, dotted[walked], _ABSENT)
+        walked += 1
+    return obj, walked
+_CLASS_SKIP = frozenset({'__dict__', '__weakref__', '__doc__', '__module__', '__qualname__',
+                         '__firstlineno__', '__static_attributes__'})
+
+
+class _Keyer:
+    """Writes values, code and files as a stream of tokens, in `out`.
+
+    Containers and objects being written are in `active`, by which a value
+    that contains itself is written as a reference back; functions and
+    classes already written are in `written`, so that recursion, mutual
+    recursion and shared helpers are written once.
+
+    Strict by default: a value that cannot be keyed deterministically raises
+    NotKeyable. What code reads from around it (globals, closures, defaults,
+    class attributes) is written leniently: such a value there, a lock or an
+    open file, say, counts by its type, since it is a resource of the code
+    rather than data given to it.
+    """
+
+    def __init__(self, files=None):
+        self.out = []
+        self.files = files
+        self.active = {}
+        self.written = {}
+        self.keep = []  # what `written` refers to by id, alive until we are done
+        self.lenient = False
+        self.checking = False  # within an object whose reduction is checked
+        self.checks = None  # while tokens are recorded for _FUNCTION_TOKENS
+        self.volatile = False  # whether they hold data that may change unseen
+        self.inline = False  # whether classes are written in full (see _class_digest)
+
+    def value(self, obj):
+        write = _WRITERS.get(type(obj))
+        if write is None:
+            write = _writer_of(obj)
+        write(self, obj)
+
+    def text(self, tag, text):
+        data = text.encode('utf-8', 'surrogatepass')
+        self.out.append(b'%s%d:%s' % (tag, len(data), data))
+
+    def refuse(self, obj, reason):
+        if not self.lenient:
+            raise NotKeyable(reason, type_name=type(obj).__name__, path=[])
+        self.out.append(b'R')
+        self.value(type(obj))
+
+    # -- plain data
+
+    def constant(self, obj):
+        self.out.append(_CONSTANTS[obj])
+
+    def integer(self, obj):
+        self.out.append(b'i%d;' % obj)
+
+    def floating(self, obj):
+        import struct
+        self.out.append(b'f' + struct.pack('<d', obj))
+
+    def complex_number(self, obj):
+        import struct
+        self.out.append(b'c' + struct.pack('<dd', obj.real, obj.imag))
+
+    def string(self, obj):
+        self.text(b's', obj)
+
+    def binary(self, obj):
+        tag = b'b' if type(obj) is bytes else b'y'
+        self.volatile |= tag == b'y'
+        if len(obj) >= _SHARED_ARRAY_BYTES:
+            self.out.append(tag + b'#' + _buffer_digest(obj))
+        else:
+            self.out.append(b'%s%d:%s' % (tag, len(obj), obj))
+
+    def sequence(self, obj):
+        self.volatile |= type(obj) is list
+        identity = id(obj)
+        if identity in self.active:
+            self.out.append(b'@%d;' % self.active[identity])
+            return
+        self.active[identity] = len(self.active)
+        self.out.append(b'%s%d;' % (_SEQUENCE_TAGS[type(obj)], len(obj)))
+        try:
+            for index, item in enumerate(obj):
+                try:
+                    self.value(item)
+                except NotKeyable as error:
+                    error.path.insert(0, f'[{index}]')
+                    raise
+        finally:
+            del self.active[identity]
+
+    def mapping(self, obj):
+        # In order: a dict's order is part of its value to the code that
+        # iterates over it, so two orders are two keys, never one.
+        self.volatile = True
+        identity = id(obj)
+        if identity in self.active:
+            self.out.append(b'@%d;' % self.active[identity])
+            return
+        self.active[identity] = len(self.active)
+        self.out.append(b'{%d;' % len(obj))
+        try:
+            for key, item in obj.items():
+                self.value(key)
+                try:
+                    self.value(item)
+                except NotKeyable as error:
+                    error.path.insert(0, f'[{_abbreviate(key, 30)}]')
+                    raise
+        finally:
+            del self.active[identity]
+
+    def unordered(self, obj):
+        # Sorted by their tokens: a set's order varies with the hash seed.
+        self.volatile |= type(obj) is set
+        out, items = self.out, []
+        try:
+            for item in obj:
+                self.out = []
+                self.value(item)
+                items.append(b''.join(self.out))
+        finally:
+            self.out = out
+        items.sort()
+        self.out.append(b'%s%d;' % (b'<' if type(obj) is set else b'>', len(items)))
+        self.out.extend(items)
+
+    def array(self, array):
+        self.volatile = True
+        header = b'%s;%s;%s;' % (type(array).__name__.encode(), str(array.dtype.descr).encode(),
+                                 str(array.shape).encode())
+        if array.dtype.hasobject:
+            self.out.append(b'A' + header)
+            self.value(array.tolist())
+            return
+        import numpy
+        if array.flags.c_contiguous:
+            raw, order = array, b'C'
+        elif array.flags.f_contiguous:
+            raw, order = array.T, b'F'
+        else:
+            raw, order = numpy.ascontiguousarray(array), b'C'
+        raw = raw.reshape(-1).view(numpy.uint8)
+        self.out.append(b'a' + order + header + _array_digest(raw, array))
+
+    def file(self, file):
+        path = file._args[0]
+        self.volatile = True
+        self.out.append(b'p')
+        self.value(path)  # as the task receives it: a task may use the name
+        try:
+            self.out.append(_file_digest(path, self.files))
+        except OSError as error:
+            raise type(error)(error.errno, f'cannot key the input file {os.fsdecode(path)!r}: '
+                                           f'{error.strerror}. File() names a file that a task '
+                                           f'reads: it must be there when the task is scheduled',
+                              error.filename) from None
+
+    def task(self, obj):
+        self.refuse(obj, 'it is a task inside a value that runforrest does not look into '
+                         '(a set, or an attribute of an object); pass the task as an '
+                         'argument, or inside a list, tuple or dict')
+
+    # -- code
+
+    def function(self, fun):
+        if self.written or self.active or self.checks is not None \
+                or fun.__globals__.get(fun.__name__) is not fun:
+            self.code_of(fun)
+            return
+        # A module's function, written first: its tokens do not depend on
+        # what came before, so they are kept, with checks that tell whether
+        # they still hold (see _FUNCTION_TOKENS).
+        cached = _FUNCTION_TOKENS.get(fun)
+        if cached is not None and all(holds() for holds in cached[2]):
+            tokens, written, checks = cached
+            self.out.append(tokens)
+            self.written = {id(obj): index for index, obj in enumerate(written)}
+            self.keep = list(written)
+            return
+        mark, self.checks, self.volatile = len(self.out), [], False
+        try:
+            self.code_of(fun)
+            if not self.volatile:
+                _FUNCTION_TOKENS[fun] = (b''.join(self.out[mark:]), list(self.keep), self.checks)
+        finally:
+            self.checks = None
+
+    def code_of(self, fun):
+        code = fun.__code__
+        if _is_library_file(code.co_filename):
+            self.text(b'L', f'{fun.__module__}.{fun.__qualname__}')
+            self.surrounding(getattr(fun, '__wrapped__', None))  # a library's decorator
+            return
+        if self.seen(fun):
+            return
+        digest, names = _code_info(code, fun.__globals__)
+        self.out.append(b'U' + digest)
+        defaults, kwdefaults = fun.__defaults__, fun.__kwdefaults__
+        contents = tuple(_contents(cell) for cell in fun.__closure__ or ())
+        if self.checks is not None:
+            self.checks.append(lambda: fun.__code__ is code and fun.__defaults__ is defaults
+                               and fun.__kwdefaults__ is kwdefaults
+                               and all(_contents(cell) is value for cell, value
+                                       in zip(fun.__closure__ or (), contents)))
+        lenient, self.lenient = self.lenient, True
+        try:
+            self.value(defaults)
+            self.value(kwdefaults)
+            for value in contents:
+                self.value(value)
+            for dotted in names:
+                self.global_value(fun.__globals__, dotted)
+        finally:
+            self.lenient = lenient
+
+    def global_value(self, namespace, dotted):
+        """Writes what a dotted name read from globals refers to: through
+        the user's own modules, down to the object; into a library's module,
+        not at all (the module counts by its name)."""
+        obj, walked = _look_up_global(namespace, dotted)
+        if self.checks is not None:
+            if walked == 1 and dotted[0] in namespace:  # the common case, made quick
+                name = dotted[0]
+                self.checks.append(lambda: namespace.get(name, _ABSENT) is obj)
+            else:
+                self.checks.append(lambda: _look_up_global(namespace, dotted)[0] is obj)
+        self.text(b'g', '.'.join(dotted[:walked]))
+        self.value(obj)
+
+    def surrounding(self, obj):
+        lenient, self.lenient = self.lenient, True
+        try:
+            self.value(obj)
+        finally:
+            self.lenient = lenient
+
+    def seen(self, obj):
+        """Whether obj, a function or class, is written already; writes a
+        reference to it if so."""
+        index = self.written.get(id(obj))
+        if index is not None:
+            self.out.append(b'@f%d;' % index)
+            return True
+        self.written[id(obj)] = len(self.written)
+        self.keep.append(obj)
+        return False
+
+    def bytecode(self, code):
+        """A code object without a source: its instructions, names and
+        constants, not its file name or positions."""
+        self.out.append(b'X' + code.co_code)
+        self.value((code.co_name, code.co_argcount, code.co_posonlyargcount,
+                    code.co_kwonlyargcount, code.co_flags, code.co_names,
+                    code.co_varnames, code.co_freevars, code.co_cellvars))
+        for const in code.co_consts:
+            if isinstance(const, type(code)):
+                self.bytecode(const)
+            else:
+                self.value(const)
+
+    def builtin(self, fun):
+        owner = fun.__self__
+        module = getattr(fun, '__module__', None)
+        if owner is None or type(owner) is type(sys):
+            self.text(b'B', f'{module}.{fun.__qualname__}')
+        else:  # a bound method of an object: [].append, '-'.join
+            self.text(b'o', f'{module or type(owner).__module__}.{fun.__qualname__}')
+            self.value(owner)
+
+    def method(self, method):
+        self.out.append(b'm')
+        self.value(method.__func__)
+        self.value(method.__self__)
+
+    def descriptor(self, obj):  # str.upper, object.__init__, (1).__add__
+        owner = getattr(obj, '__objclass__', None) or type(obj.__self__)
+        self.text(b'd', f'{owner.__module__}.{owner.__qualname__}.{obj.__name__}')
+        if hasattr(obj, '__self__'):
+            self.value(obj.__self__)
+
+    def module(self, module):
+        self.text(b'M', module.__name__)
+
+    def cls(self, cls):
+        if _is_library_class(cls):
+            self.text(b'C', f'{cls.__module__}.{cls.__qualname__}')
+            return
+        if self.seen(cls):
+            return
+        if self.inline:
+            self.class_body(cls)
+            return
+        cached = _CLASS_DIGESTS.get(cls)
+        if cached is None or not all(holds() for holds in cached[1]):
+            cached = _class_digest(cls)
+        digest, checks, volatile = cached
+        self.out.append(b'K' + digest)
+        self.volatile |= volatile
+        if self.checks is not None:
+            self.checks.extend(checks)
+
+    def class_body(self, cls):
+        # Attributes sorted by name: dill may rebuild a namespace in another order.
+        self.text(b'K', cls.__qualname__)
+        bases, members = cls.__bases__, tuple(vars(cls).values())
+        self.checks.append(lambda: cls.__bases__ is bases and _same(vars(cls).values(), members))
+        self.value(type(cls))
+        self.value(bases)
+        lenient, self.lenient = self.lenient, True
+        try:
+            namespace = vars(cls)
+            for name in sorted(set(namespace) - _CLASS_SKIP):
+                member = namespace[name]
+                self.text(b'n', name)
+                if isinstance(member, (staticmethod, classmethod)):
+                    self.out.append(b'S' if isinstance(member, staticmethod) else b'Q')
+                    member = member.__func__
+                elif isinstance(member, property):
+                    self.out.append(b'P')
+                    member = (member.fget, member.fset, member.fdel)
+                volatile = self.volatile
+                self.value(member)
+                if not callable(member) and type(member) is not tuple:
+                    self.volatile = volatile  # the class's data: checked by identity only
+        finally:
+            self.lenient = lenient
+
+    def other(self, obj):
+        """Any other object, by its reduction, as pickle would store it: the
+        callable that rebuilds it, with its arguments and state. Refused if
+        it cannot be pickled, or if it pickles differently a second time."""
+        self.volatile = True
+        reduced = self.reduce(obj)
+        if reduced is None:
+            return
+        if isinstance(reduced, str):  # stored by name, as a global
+            import pickle as pickling
+            module = getattr(obj, '__module__', None) or pickling.whichmodule(obj, reduced)
+            self.text(b'G', f'{module}.{reduced}')
+            self.surrounding(getattr(obj, '__wrapped__', None))  # functools.lru_cache, ...
+            return
+        identity = id(obj)
+        if identity in self.active:
+            self.out.append(b'@%d;' % self.active[identity])
+            return
+        self.active[identity] = len(self.active)
+        mark, written = len(self.out), self.written.copy()
+        checking, self.checking = self.checking, True
+        try:
+            self.reduction(obj, reduced)
+            if not checking:  # the outermost such object checks all within it
+                first = self.out[mark:]
+                del self.out[mark:]
+                self.written = written
+                again = self.reduce(obj)
+                if again is not None:
+                    self.reduction(obj, again)
+                if self.out[mark:] != first:
+                    del self.out[mark:]
+                    self.refuse(obj, 'it pickles differently each time, so its '
+                                     'value cannot be known from one run to the next')
+        finally:
+            self.checking = checking
+            del self.active[identity]
+
+    def reduce(self, obj):
+        import copyreg
+        try:
+            reducer = copyreg.dispatch_table.get(type(obj))
+            return reducer(obj) if reducer is not None else obj.__reduce_ex__(4)
+        except Exception as error:
+            self.refuse(obj, f'it cannot be pickled ({type(error).__name__}: {error})')
+
+    def reduction(self, obj, reduced):
+        rebuild, arguments, state, items, pairs = (tuple(reduced) + (None,) * 5)[:5]
+        self.out.append(b'r')
+        self.value(rebuild)
+        try:
+            self.value(arguments)
+            self.value(state)
+            self.value(None if items is None else list(items))
+            self.value(None if pairs is None else list(pairs))
+        except NotKeyable as error:
+            error.path.insert(0, f'<{type(obj).__name__}>')
+            raise
+
+
+_CLASS_DIGESTS = {}  # the user's class -> (digest, checks that it still holds, volatile)
+
+
+def _class_digest(cls):
+    """(digest, checks, volatile) of a user's class: its name, metaclass,
+    bases and attributes, methods by their code.
+
+    Worked out on a _Keyer of its own, which writes every class it meets in
+    full, so that the digest depends on nothing but the class and what it
+    reaches, not on where or when the class is met; kept while its
+    attributes are the same objects and what its methods read is unchanged
+    (see _FUNCTION_TOKENS). Data in a class's attributes counts by its value
+    when the class is first keyed in a process: changed in place later, it
+    is not seen again in that process.
+    """
+    import hashlib
+    keyer = _Keyer()
+    keyer.checks, keyer.inline = [], True
+    keyer.seen(cls)  # a method that names its class refers back to it
+    keyer.class_body(cls)
+    result = (hashlib.sha256(b''.join(keyer.out)).digest(), keyer.checks, keyer.volatile)
+    if not keyer.volatile:
+        _CLASS_DIGESTS[cls] = result
+    return result
+
+
+_CONSTANTS = {None: b'N', True: b'T', False: b'F', Ellipsis: b'E', NotImplemented: b'I'}
+_SEQUENCE_TAGS = {tuple: b'(', list: b'['}
+
+
+def _writer_of(obj):
+    """The _Keyer method for obj's type, found by what it is; remembered for
+    types that can only be written one way."""
+    import types
+    kind = type(obj)
+    numpy = sys.modules.get('numpy')
+    if numpy is not None and kind in (numpy.ndarray, numpy.memmap):  # subclasses: by reduction
+        write = _WRITERS[kind] = _Keyer.array
+    elif isinstance(obj, type):
+        write = _Keyer.cls  # a metaclass's instance: ABCMeta, EnumMeta, ...
+    elif kind is File:
+        write = _WRITERS[kind] = _Keyer.file
+    elif isinstance(obj, Task):
+        write = _Keyer.task
+    elif isinstance(obj, (types.WrapperDescriptorType, types.MethodDescriptorType,
+                          types.ClassMethodDescriptorType, types.MethodWrapperType)):
+        write = _WRITERS[kind] = _Keyer.descriptor
+    else:
+        write = _Keyer.other
+    return write
+
+
+def _writers():
+    import types
+    writers = {kind: _Keyer.constant for kind in (type(None), bool, type(Ellipsis),
+                                                  type(NotImplemented))}
+    writers.update({int: _Keyer.integer, float: _Keyer.floating,
+                    complex: _Keyer.complex_number, str: _Keyer.string,
+                    bytes: _Keyer.binary, bytearray: _Keyer.binary,
+                    tuple: _Keyer.sequence, list: _Keyer.sequence, dict: _Keyer.mapping,
+                    set: _Keyer.unordered, frozenset: _Keyer.unordered,
+                    type: _Keyer.cls, types.FunctionType: _Keyer.function,
+                    types.BuiltinFunctionType: _Keyer.builtin,
+                    types.MethodType: _Keyer.method, types.ModuleType: _Keyer.module,
+                    _Absent: lambda keyer, absent: keyer.out.append(b'?')})
+    return writers
+
+
+_WRITERS = _writers()  # type -> _Keyer method; see also _writer_of
+
+# A module's function -> (its tokens when written first, the functions and
+# classes written with it, checks that they still hold: the code, defaults and
+# closures of the functions, the objects their globals name, the attributes of
+# the classes). Not kept when the tokens include data that may change in place
+# (lists, dicts, arrays, objects), which is then written anew every time; nor
+# for functions made on the fly (lambdas, closures), which would be kept alive.
+_FUNCTION_TOKENS = {}
+
+
+def _key_of(out):
+    import hashlib
+    return hashlib.sha256(b''.join(out)).hexdigest()[:_KEY_DIGITS]
+
+
+def _write(keyer, obj, describe):
+    """keyer.value(obj), with a refusal that says which value: describe()."""
+    try:
+        keyer.value(obj)
+    except NotKeyable as error:
+        raise _refusal(error, describe()) from None
+
+
+def _refusal(error, what):
+    """The NotKeyable to raise for error, raised by a _Keyer, in what."""
+    where = what + (f', at {"".join(error.path)}' if error.path else '')
+    article = 'an' if error.type_name[:1].lower() in 'aeiou' else 'a'
+    return NotKeyable(
+        f'cannot key {where}: {article} {error.type_name} cannot be part of a '
+        f"task's key, since {error}. A task's key is made from the values it is "
+        f'given, by which a task list knows whether it has run already; pass '
+        f'plain values instead (a list rather than a generator, a file name '
+        f'rather than an open file, in File() if the task reads it), or create '
+        f'such objects inside the task', type_name=error.type_name, where=where)
+
+
+def _value_key(obj, files=None):
+    """The key of a value: equal for equal values, in any process, any run.
+
+    Plain data counts by its structure and contents: None, bools, numbers,
+    str, bytes, tuples, lists and dicts in their order (a dict's order is
+    part of its value to code that iterates over it), and sets and frozensets
+    in no order. NumPy arrays count by dtype, shape and bytes, hashed in
+    parallel threads, once per array object (see `_array_digest`); bytes
+    objects of 64 KiB or more are hashed that way too, every time.
+    Functions and classes count by their code (`_code_key`), File objects
+    by their path and content (files: see `_file_digest`). Anything else
+    counts by its pickle's parts (`__reduce_ex__`): what rebuilds it, with
+    its arguments and state, keyed in turn.
+
+    Raises NotKeyable for a value that cannot be pickled (an open file, a
+    lock, a generator, a socket), or that pickles differently a second time.
+    An object whose pickle stays the same within a run but not across runs
+    (one that pickles its id(), say) is beyond what can be checked here.
+
+    >>> _value_key({'a': [1, 2.5], 'b': {3, 4}}) == _value_key({'a': [1, 2.5], 'b': {4, 3}})
+    True
+    >>> _value_key({'a': 1, 'b': 2}) == _value_key({'b': 2, 'a': 1})
+    False
+    """
+    keyer = _Keyer(files)
+    _write(keyer, obj, lambda: 'the value')
+    return _key_of(keyer.out)
+
+
+def _code_key(fun):
+    """The key of what calling fun runs.
+
+    A function of the user's own code (see `_is_library_file`) counts by the
+    syntax of its source (see `_code_info`), its defaults, the contents of
+    its closure, and what it reads from its globals: the user's functions
+    and classes transitively (recursion and cycles included), modules by
+    name, and module-level data by value, read anew on every call, so that a
+    constant changed between two schedules is seen. A function or class of
+    the standard library or an installed package counts by its qualified
+    name only, as do builtins; so changing a library's version changes no
+    key (add its `__version__` to the task's extra values if it should).
+    A class of the user's counts by its name, metaclass, bases and
+    attributes (methods by their code). A bound method counts by its
+    function and the value of its object; a functools.partial by its
+    function and arguments. Lambdas count by their syntax where their line
+    tells which lambda they are, else by their code object.
+
+    Functions that dill brought from another process's __main__ have the
+    same code, so the same key, as long as their source file is there to be
+    read. Results are cached per code object, so that keying 100,000 tasks
+    of one function reads its source once.
+    """
+    keyer = _Keyer()
+    _write(keyer, fun, lambda: f'the function {_abbreviate(fun)}')
+    return _key_of(keyer.out)
+
+
+def _task_key(task, dependency_keys=None, extra=None, files=None):
+    """The key of a task graph: a Merkle tree over its tasks.
+
+    Each task's key covers the code it calls, its arguments' values and its
+    dependencies' keys. dependency_keys maps the `_key` of tasks scheduled
+    on their own to their task keys: such a task counts by that key, not by
+    its value or its graph, which is not walked again. extra, if not None,
+    is a value added to the key of the root task: the escape hatch for what
+    a key cannot see (a version string bumped by hand, a library's
+    `__version__`, File() objects for files read by name). files is the
+    record of earlier file hashing (see `_file_digest`).
+
+    >>> prepare = defer(pow, 2, 10)
+    >>> key = _task_key(defer(abs, prepare))
+    >>> key == _task_key(defer(abs, defer(pow, 2, 10)))
+    True
+    >>> key == _task_key(defer(abs, prepare), {prepare._key: 'its key'})
+    False
+    >>> key == _task_key(defer(abs, prepare), extra='version 2')
+    False
+    """
+    known = dependency_keys if dependency_keys is not None else {}
+    keys = {}
+
+    def key_of(node):
+        return keys.get(node._key) or known.get(node._key)
+
+    stack = [task]
+    while stack:  # in postorder, stopping at the tasks whose keys are known
+        node = stack[-1]
+        if key_of(node) is not None:
+            stack.pop()
+            continue
+        missing = [dependency for dependency in node._dependencies()
+                   if key_of(dependency) is None]
+        if missing:
+            stack.extend(missing)
+            continue
+        stack.pop()
+        keys[node._key] = _node_key(node, key_of, files, extra if node is task else None)
+    return key_of(task)
+
+
+def _node_key(node, key_of, files, extra):
+    keyer = _Keyer(files)
+    out, write = keyer.out, keyer.value
+    if type(node) is File:
+        keyer.file(node)
+    else:
+        which = None  # the function; then an argument's position or name
+        out.append(b'%d;' % len(node._args))
+        try:
+            for which, value in ((None, node._fun), *enumerate(node._args),
+                                 *sorted(node._kwargs.items())):
+                if type(which) is str:
+                    keyer.text(b'k', which)
+                if isinstance(value, Task):
+                    out.append(b'D' + key_of(value).encode())
+                else:
+                    write(value)
+        except NotKeyable as error:
+            raise _refusal(error, _argument_name(node, which)) from None
+    if extra is not None:
+        out.append(b'+')
+        _write(keyer, extra, lambda: "the task's extra key values")
+    return _key_of(out)
+
+
+def _argument_name(node, which):
+    """Which argument of a task's node, in the words of the user's call;
+    which=None for its function."""
+    if which is None:
+        return f'the function {_abbreviate(node._fun)}'
+    if isinstance(node, Value):
+        return 'the data'
+    if node._fun is _build:
+        return f'item {which - 1} of a {node._args[0].__name__} given to a task'
+    if node._fun is _build_dict:
+        return f'the value for {node._args[0][which - 1]!r} in a dict given to a task'
+    argument = f'argument {which}' if isinstance(which, int) else f'argument {which}='
+    fun = node._fun
+    return f'{argument} of {_describe(fun, 0) if isinstance(fun, Task) else _abbreviate(fun)}'
+
+
+# ---------------------------------------------------------------------------
 # The file format
 # ---------------------------------------------------------------------------
 #
@@ -635,9 +1683,20 @@ def _dumps(obj):
 _PLAIN_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
 
+_picklable_functions = None  # a WeakSet of the functions found picklable before
+
+
 def _check_picklable(obj, describe):
-    """Raise NotPicklable, with what describe() says obj is, if it is not picklable."""
+    """Raise NotPicklable, with what describe() says obj is, if it is not picklable.
+
+    A function is checked once: pickling one of a script with dill costs
+    half a millisecond, and should what it reads turn unpicklable later,
+    schedule() says so."""
+    global _picklable_functions
     if type(obj) in _PLAIN_TYPES:
+        return
+    function = type(obj).__name__ == 'function'
+    if function and _picklable_functions is not None and obj in _picklable_functions:
         return
     try:
         _dump(obj, _Discard())
@@ -647,13 +1706,18 @@ def _check_picklable(obj, describe):
             f'a pickle; pass something picklable instead (a file name rather '
             f'than an open file, say), or create it inside the task',
             type_name=error.type_name) from None
+    if function:
+        if _picklable_functions is None:
+            import weakref
+            _picklable_functions = weakref.WeakSet()
+        _picklable_functions.add(obj)
 
 
 def _write_atomically(path, write, durable=True, temporary=None):
     """Write a file through a hidden temporary file, so that nobody ever sees
     half of it. durable: on disk before it appears. temporary: the path of
     the temporary file, if only one process ever writes path; a file there
-    is reused (see `TaskList._reuse`)."""
+    is reused (see `TaskList._use_spare`)."""
     if temporary is None:
         temporary = _temporary(path)
     try:
@@ -933,12 +1997,155 @@ def _now():
     return time.strftime('%Y-%m-%d %H:%M:%S')
 
 
-def _finish_scheduling(directory):
-    """What ends a script's scheduling: its tasks made durable, and the
-    scheduling mark removed (see `TaskList.schedule`)."""
+def _finish_scheduling(directory, ledger):
+    """What ends a script's scheduling: its tasks made durable, what a reuse
+    list learned saved, and the scheduling mark removed (see
+    `TaskList.schedule`)."""
     if os.path.isdir(directory):
+        if ledger is not None:
+            ledger.save()
         _sync(directory)
     _unlink(os.path.join(directory, _WORKDIR, _SCHEDULING))
+
+
+class _Ledger:
+    """What a list opened with reuse=True knows of the work it holds: the
+    key of each of its tasks (from the files' indexes), the digests of the
+    files it hashed before (kept in .runforrest/files, so that an unchanged
+    file costs a stat), and the names that the script schedules, in order
+    (kept in .runforrest/current at the end of its scheduling: every other
+    task of the list is stale)."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.latest = {}  # key: (state, name) of the newest task with that key
+        self.found = {}  # name: (state, key, whether it has outputs), of the tasks there were
+        self.files = self._load('files', {})
+        earlier = self._load('current', {}).get('scheduled', [])
+        self.slots = {}  # label: the names that the previous script scheduled with it
+        for name in earlier:
+            self.slots.setdefault(name.partition('-')[2], []).append(name)
+        self.counts = {}  # label: how often this script scheduled it yet
+        self.scheduled = []  # names, in the order this script schedules them
+        self.keys = {}  # name: key, of those
+        self.reused = set()
+        for state in STATES:
+            folder = os.path.join(directory, state)
+            for name in sorted(_names_in(folder), key=_schedule_order):
+                try:
+                    index = _header_of(os.path.join(folder, name + '.pkl'))
+                except (OSError, TaskFileError):
+                    continue
+                self.found[name] = (state, index.get('key'), bool(index.get('outputs')))
+                if index.get('key') and state != 'fail':  # failures are never reused
+                    self.latest[index['key']] = (state, name)
+
+    def _index(self, name):
+        state = self.found[name][0]
+        return _header_of(os.path.join(self.directory, state, name + '.pkl'))
+
+    def _path(self, what):
+        return os.path.join(self.directory, _WORKDIR, what)
+
+    def _load(self, what, default):
+        try:
+            with open(self._path(what), 'rb') as file:
+                return pickle.load(file)
+        except (OSError, pickle.UnpicklingError, EOFError):
+            return default
+
+    def save(self):
+        current = {'scheduled': self.scheduled, 'reused': sorted(self.reused)}
+        for what, value in (('files', self.files), ('current', current)):
+            _write_atomically(self._path(what),
+                              lambda file: file.write(pickle.dumps(value, pickle.HIGHEST_PROTOCOL)))
+
+    def match(self, key):
+        """(state, name) of a task with this key that need not run again,
+        or None; a done task only while its outputs are as it left them."""
+        state, name = self.latest.get(key, (None, None))
+        if state == 'done' and self.found.get(name, (0, 0, False))[2] and \
+                self._changed_output(self._index(name)):
+            return None
+        return (state, name) if state else None
+
+    def _changed_output(self, index):
+        for path, digest in (index.get('output_digests') or {}).items():
+            try:
+                if _file_digest(path, self.files) != digest:
+                    return path
+            except OSError:
+                return path
+        return None
+
+    def add(self, name, key, reused):
+        self.scheduled.append(name)
+        self.keys[name] = key
+        if reused:
+            self.reused.add(name)
+
+    def counterpart(self, task):
+        """The task that the same call of the previous script scheduled: the
+        one with the same function, as often scheduled before it; or None."""
+        label = _label(task)
+        ordinal = self.counts[label] = self.counts.get(label, 0) + 1
+        earlier = self.slots.get(label, [])
+        return earlier[ordinal - 1] if ordinal <= len(earlier) else None
+
+    def why(self, counterpart, key, parts):
+        """Why a task with a new key runs: what differs from its counterpart."""
+        if counterpart not in self.found:
+            return 'new'
+        try:
+            index = self._index(counterpart)
+        except (OSError, TaskFileError):
+            return 'new'  # gone since
+        if index.get('key') == key:
+            if index['state'] == 'fail':
+                return 'failed before'
+            return f'output {self._changed_output(index)} missing or changed'
+        before = index.get('parts') or {}
+        if before.get('code') != parts['code']:
+            return f'code of {parts["function"]} changed'
+        for which, (kind, detail, part) in parts['arguments'].items():
+            if before.get('arguments', {}).get(which) == (kind, detail, part):
+                continue
+            if kind == 'dependency':
+                return f'dependency {detail} ran again'
+            return f'input file {detail} changed' if kind == 'file' else f'argument {which} changed'
+        return 'its extra key values changed'
+
+
+def _key_parts(task, cut, dependency_keys, files, extra):
+    """The parts of a task's key that `_Ledger.why` compares: the code that
+    its root calls, the key of each of its arguments, with the dependency
+    each depends on, or the input file it is, and the extra values."""
+    fun = task._fun
+    if isinstance(fun, Task):
+        code, function = _task_key(fun, dependency_keys, files=files), _label(task)
+    else:
+        code = _code_key(fun)
+        function = f'{getattr(fun, "__module__", "?")}.{getattr(fun, "__qualname__", _label(task))}'
+    arguments = {}
+    for which, arg in [*enumerate(task._args), *sorted(task._kwargs.items())]:
+        if not isinstance(arg, Task):
+            arguments[str(which)] = ('value', None, _value_key(arg, files))
+            continue
+        inside = [cut[node._key] for node in _postorder(arg, lambda node: node._key in cut)
+                  if node._key in cut]
+        kind, detail = ('dependency', inside[0]) if inside else \
+            ('file', os.fspath(arg._args[0])) if type(arg) is File else ('value', None)
+        arguments[str(which)] = (kind, detail, _task_key(arg, dependency_keys, files=files))
+    return {'function': function, 'code': code, 'arguments': arguments,
+            'extra': _value_key(extra, files)}
+
+
+def _names_in(folder):
+    try:
+        return [entry[:-4] for entry in os.listdir(folder)
+                if entry.endswith('.pkl') and not entry.startswith('.')]
+    except FileNotFoundError:
+        return []
 
 
 class TaskList:
@@ -957,6 +2164,13 @@ class TaskList:
         the end of a `with` block).
     logfile: write the tasks' output and a line per schedule, start,
         success and failure there, instead of to the terminal.
+    reuse: keep the list as it is if it exists (else create it), and run
+        again only what is new or changed: a task whose key (see
+        `schedule`) matches a task that is done, or waiting in todo/, is
+        not scheduled again, and `run` yields it with its stored result and
+        `reused` True. Tasks of the list that the script does not schedule
+        (any more) are stale: `run` leaves them alone, and
+        `clean(stale=True)` removes them.
     noschedule_if_exist: if the directory already holds a task list, keep
         it as it is and make `schedule` do nothing, so that the same script
         resumes the remaining todo tasks after a crash. If the script that
@@ -969,9 +2183,13 @@ class TaskList:
     """
 
     def __init__(self, directory, exist_ok=False, pre_clean=True,
-                 post_clean=False, logfile=None, noschedule_if_exist=False):
+                 post_clean=False, logfile=None, noschedule_if_exist=False, reuse=False):
+        if reuse and noschedule_if_exist:
+            raise ValueError('reuse=True runs again what changed, noschedule_if_exist=True '
+                             'schedules nothing: choose one of them')
         self.directory = os.path.abspath(os.fspath(directory))
         self.logfile = logfile
+        self._reusing, self._ledger = reuse, None  # see _Ledger
         self._noschedule = False
         self._replay = None  # names that schedule() takes up again (see noschedule_if_exist)
         if os.path.exists(self.directory) and not self._is_empty_directory():
@@ -983,6 +2201,8 @@ class TaskList:
             if noschedule_if_exist:
                 self._replay = self._scheduled_before_the_cut()
                 self._noschedule = self._replay is None
+            elif reuse:
+                pass
             elif not exist_ok:
                 raise TaskListExists(
                     f'task list {self.directory} exists already; pass '
@@ -1053,15 +2273,13 @@ class TaskList:
 
     def _names(self, state):
         """The task names in one directory, in schedule order; loads nothing."""
+        if state != 'running':
+            return sorted(_names_in(self._folder(state)), key=_schedule_order)
         try:
             entries = os.listdir(self._folder(state))
         except FileNotFoundError:
             return []
-        if state == 'running':
-            return sorted((n for n in entries if not n.startswith('.')), key=_schedule_order)
-        return sorted((n[:-4] for n in entries
-                       if n.endswith('.pkl') and not n.startswith('.')),
-                      key=_schedule_order)
+        return sorted((n for n in entries if not n.startswith('.')), key=_schedule_order)
 
     def _highest_index(self):
         return max((_index_of(name) for state in STATES + ('collect',)
@@ -1083,7 +2301,7 @@ class TaskList:
 
     # -- scheduling ----------------------------------------------------------
 
-    def schedule(self, task, metadata=None, after=()):
+    def schedule(self, task, metadata=None, after=(), outputs=(), version=None):
         """Write task, with optional metadata, to todo/; return its name.
 
         Names sort in schedule order, and `run` starts tasks in that order.
@@ -1105,6 +2323,19 @@ class TaskList:
         >>> [task.returnvalue for task in tasklist.run(nprocesses=2)][-1]
         14
 
+        On a list opened with reuse=True, every task gets a key, which
+        covers the code it calls (the syntax of the user's own functions,
+        and of what they reach), its arguments' values, the contents of its
+        input files (wrapped in `File`), its dependencies' keys, `version`
+        (any value, for what the key cannot see: a string bumped by hand, a
+        library's __version__, File objects of files read by name) and
+        `outputs`. A task whose key matches a done or todo task is not
+        scheduled again (see `TaskList`); the name of that task is returned.
+        `outputs` names the files the task writes: they must exist when it
+        ends (else it fails with `MissingOutput`), and it is reused only
+        while they are unchanged. An argument that cannot be keyed raises
+        `NotKeyable`.
+
         A task scheduled while a run of this object is being iterated (from
         the loop's body, say) joins that run. On a list opened with
         `noschedule_if_exist=True` that existed already, schedule does
@@ -1120,6 +2351,17 @@ class TaskList:
         if self._replay:
             return self._take_up(task)
         cut, dependencies = self._dependencies(task, after)
+        if isinstance(outputs, (str, os.PathLike)):
+            outputs = [outputs]
+        outputs = [os.path.abspath(os.fspath(path)) for path in outputs]
+        key = None
+        if self._reusing:
+            key, dependency_keys, extra = self._key(task, cut, dependencies, outputs, version)
+            counterpart = self._ledger.counterpart(task)
+            match = self._ledger.match(key)
+            if match is not None:
+                return self._reuse_task(task, key, *match)
+            parts = _key_parts(task, cut, dependency_keys, self._ledger.files, extra)
         try:
             record = _dumps({'task': _rebuild(_flatten(task, cut)) if cut else task,
                              'metadata': metadata})
@@ -1131,6 +2373,10 @@ class TaskList:
                  'cwd': os.getcwd(), 'tasklist': self.directory}
         if dependencies:
             index['after'] = dependencies
+        if outputs:
+            index['outputs'] = outputs
+        if key is not None:
+            index.update(key=key, parts=parts, why=self._ledger.why(counterpart, key, parts))
         data = _todo_bytes(record, index)
         label = _label(task)
         self._begin_scheduling()
@@ -1145,11 +2391,45 @@ class TaskList:
             except FileNotFoundError:  # the list was cleaned away; start it anew
                 self._make_layout()
         task.__dict__.setdefault('_scheduled', {})[self.directory] = name
+        if self._ledger is not None:
+            self._ledger.add(name, key, reused=False)
+            self._ledger.latest[key] = ('todo', name)
         if self._joining is not None:
             self._joining.append(name)
         if self.logfile:
             with open(self.logfile, 'a') as log:
                 log.write(f'{_now()} schedule {name}\n')
+        return name
+
+    def _key(self, task, cut, dependencies, outputs, version):
+        """task's key on a list opened with reuse=True, with the keys of its
+        dependencies in its graph and the extra values that it covers."""
+        if self._ledger is None:
+            self._make_layout()
+            self._ledger = _Ledger(self.directory)
+        keys = {name: self._key_of(name) for name in dependencies}
+        dependency_keys = {node: keys[name] for node, name in cut.items()}
+        in_graph = set(cut.values())
+        extra = (version, [keys[name] for name in dependencies if name not in in_graph], outputs)
+        key = _task_key(task, dependency_keys, extra=extra, files=self._ledger.files)
+        return key, dependency_keys, extra
+
+    def _key_of(self, name):
+        key = self._ledger.keys.get(name) or self._ledger.found.get(name, (0, None))[1]
+        if key is None:
+            raise NotKeyable(f'the task depends on {name}, which has no key, as it was '
+                             f'scheduled on a list without reuse=True: schedule it again '
+                             f'on this one', type_name='Task', where=name)
+        return key
+
+    def _reuse_task(self, task, key, state, name):
+        """Stand for the task name, which has the same key, instead of
+        scheduling task again."""
+        task.__dict__.setdefault('_scheduled', {})[self.directory] = name
+        self._begin_scheduling()
+        self._ledger.add(name, key, reused=state == 'done')
+        if self._joining is not None:
+            self._joining.append(name)
         return name
 
     def _begin_scheduling(self):
@@ -1166,7 +2446,8 @@ class TaskList:
                 mark.write(str(self._next_index))
         except FileExistsError:
             pass  # a scheduling cut short before, taken up now: its start stays
-        self._scheduling = weakref.finalize(self, _finish_scheduling, self.directory)
+        self._scheduling = weakref.finalize(self, _finish_scheduling, self.directory,
+                                            self._ledger)
 
     def _take_up(self, task):
         """Stand for the task that this call scheduled in the script that was
@@ -1300,6 +2581,26 @@ class TaskList:
         yield from self.done_tasks()
         yield from self.fail_tasks()
 
+    def _reused(self, name):
+        """The done task name, which a run yields instead of running it
+        again, or None if its file is gone since."""
+        try:
+            task = read_task(self._path('done', name), outcome=False)
+        except TaskFileError:
+            return None
+        task.reused = True
+        return task
+
+    def _current(self, reused=False):
+        """The names that the script of a reuse list schedules (with
+        reused=True, those of them that were done before; see `_Ledger`),
+        or None if no script ever scheduled it with reuse=True."""
+        try:
+            with open(self._work_path('current'), 'rb') as file:
+                return set(pickle.load(file)['reused' if reused else 'scheduled'])
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError):
+            return None
+
     def _dependents(self, name):
         """The tasks that depend on the task name, in schedule order."""
         dependents = []
@@ -1352,10 +2653,20 @@ class TaskList:
                                     path=self._path('fail', name), reason='missing') from None
         return moved
 
-    def clean(self, clean_todo=True, clean_done=True, clean_fail=True):
+    def clean(self, clean_todo=True, clean_done=True, clean_fail=True, stale=False):
         """Remove the tasks of the chosen states (and their output). Removing
-        all of them removes the directory; the list stays usable."""
+        all of them removes the directory; the list stays usable. With
+        stale=True, remove only the stale tasks of a reuse list, those that
+        its script no longer schedules (see `TaskList`), in every state."""
         with self._driver_lock():
+            if stale:
+                current = self._current() or set()
+                for state in STATES:
+                    for name in self._names(state):
+                        if name not in current:
+                            _unlink(self._path(state, name))
+                            _unlink(self._path('output', name))
+                return
             if clean_todo and clean_done and clean_fail:
                 import shutil
                 shutil.rmtree(self.directory, ignore_errors=True)
@@ -1430,7 +2741,7 @@ class TaskList:
 
         One sync for many results is the cheap way to make them durable;
         until it happens, a task stays in todo/, so that nothing is lost.
-        With a deque of spares, the todo files are kept there for `_reuse`:
+        With a deque of spares, the todo files are kept there for `_use_spare`:
         on some filesystems (ext4 without a journal, after many removals),
         creating a file costs a millisecond, and renaming one microseconds."""
         if names:
@@ -1447,7 +2758,7 @@ class TaskList:
                 except FileNotFoundError:
                     pass
 
-    def _reuse(self, spares, name):
+    def _use_spare(self, spares, name):
         """Put a spare file (see `_settle`) where the task's result is written first."""
         while spares:
             try:
@@ -1559,7 +2870,7 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
     sessionfile = sessionfile and os.path.abspath(sessionfile)  # before the chdir
     home = os.path.dirname(os.path.dirname(os.path.abspath(taskfile)))
     started = time.monotonic()
-    header, record, damaged = {}, b'', False
+    header, record, damaged, fields = {}, b'', False, {}
     try:
         with _open_taskfile(taskfile) as file:
             try:
@@ -1582,6 +2893,12 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
             damaged = True
             raise
         outcome = {'returnvalue': evaluate(task)}
+        for path in header.get('outputs', ()):
+            if not os.path.exists(path):
+                raise MissingOutput(f'the task did not write {path}, which schedule(outputs=...) '
+                                    f'says it writes', path=path)
+        if header.get('outputs'):
+            fields['output_digests'] = {path: _file_digest(path) for path in header['outputs']}
     except BaseException as error:
         if isinstance(error, TaskFileError) and error.reason == 'missing':
             raise
@@ -1589,13 +2906,13 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
     runtime = time.monotonic() - started
     try:
         _write_result(resultfile, header, record, outcome, durable,
-                      runtime=runtime, damaged=damaged)
+                      runtime=runtime, damaged=damaged, **fields)
     except OSError as failure:  # a full disk, say: a smaller result may still fit
         outcome = {'errorvalue': OSError(failure.errno, f'cannot write the result to '
                                          f'{resultfile}: {failure.strerror}'),
                    'traceback': None}
         _write_result(resultfile, header, record, outcome, durable,
-                      runtime=runtime, damaged=damaged)
+                      runtime=runtime, damaged=damaged, **fields)
     error = outcome.get('errorvalue')
     if error is not None:
         if do_print:
@@ -2583,7 +3900,11 @@ class Run:
         self.preload, self.executor = list(preload), executor
 
     def __len__(self):
-        return len(set(self.tasklist._names('todo')) | set(self.tasklist._names('collect')))
+        tasklist, ledger = self.tasklist, self.tasklist._ledger
+        names = set(tasklist._names('todo')) | set(tasklist._names('collect'))
+        if ledger is None:
+            return len(names)
+        return len(names & set(ledger.scheduled)) + len(ledger.reused)
 
     def __iter__(self):
         return self._drive()
@@ -2594,7 +3915,8 @@ class Run:
         tasklist = self.tasklist
         tasklist._make_layout()
         with tasklist._driver_lock() as lock:
-            backend = self._backend()  # a forkserver starts while the list syncs
+            # A forkserver starts while the list syncs, if there is work.
+            backend = self._backend(eager=bool(tasklist._names('todo')))
             report, settling, filed = None, None, []
             spares, running = deque(), set()  # see TaskList._settle
             try:
@@ -2603,7 +3925,13 @@ class Run:
                 leftovers = tasklist._tidy()
                 in_flight = backend.adopt(tasklist._names('running'))
                 skip = set(leftovers) | in_flight
-                todo = [name for name in tasklist._names('todo') if name not in skip]
+                # On a reuse list, what its script schedules; the rest is stale.
+                ledger = tasklist._ledger
+                current = None if ledger is None else set(ledger.scheduled)
+                todo = [name for name in tasklist._names('todo')
+                        if name not in skip and (current is None or name in current)]
+                reused = deque(() if ledger is None else
+                               (name for name in ledger.scheduled if name in ledger.reused))
                 finished = deque(leftovers)  # to file and yield
                 dependencies = _Dependencies(tasklist, [*todo, *skip], unrun=finished)
                 pending = deque(name for name in todo if dependencies.add(name))
@@ -2615,13 +3943,18 @@ class Run:
 
                 def fill():
                     for name in joined:
-                        report.joined()
-                        if dependencies.add(name):
-                            pending.append(name)
+                        if current is not None:
+                            current.add(name)
+                        if ledger is not None and name in ledger.reused:
+                            reused.append(name)
+                        elif name not in dependencies.unfinished:  # a todo task, unless reused
+                            report.joined()
+                            if dependencies.add(name):
+                                pending.append(name)
                     joined.clear()
                     while pending and backend.has_room():
                         name = pending.popleft()
-                        tasklist._reuse(spares, name)
+                        tasklist._use_spare(spares, name)
                         backend.start(name)
                         running.add(name)
                         report.started(name)
@@ -2629,15 +3962,27 @@ class Run:
 
                 fill()
                 while True:
+                    while reused:
+                        task = tasklist._reused(reused.popleft())
+                        if task is not None:
+                            yield task
+                        del task
+                        fill()  # the loop's body may have scheduled more
                     while finished:
                         name = finished.popleft()
                         task, done = self._collect(name, report)
                         filed.append(name)
-                        # What waited for it goes first: it is nearer the end.
+                        # What waited for it goes first, as it is nearer the end,
+                        # and starts before the loop's body gets the task.
                         pending.extendleft(reversed(dependencies.filed(name, done)))
+                        fill()
+                        if current is not None and name not in current:
+                            continue  # stale: filed, not yielded
                         yield task
                         del task  # hold one result at a time, however large
                     fill()  # the loop's body may have scheduled more
+                    if reused:
+                        continue
                     if not backend.busy():
                         if not len(dependencies):
                             break
@@ -2677,7 +4022,7 @@ class Run:
                 if report is not None:
                     report.close()
 
-    def _backend(self):
+    def _backend(self, eager):
         sessionfile = None
         if self.save_session:
             import dill
@@ -2689,8 +4034,9 @@ class Run:
         if self.executor is not None:
             return _ExecutorBackend(self.tasklist, self.executor, self.nprocesses,
                                     self.autokill, self.memory_limit, sessionfile)
-        return _LocalBackend(self.tasklist, self.nprocesses, _Supervisor(
-            self.start_method, self.preload, self.autokill, self.memory_limit, sessionfile))
+        return _LocalBackend(self.tasklist, self.nprocesses, lambda: _Supervisor(
+            self.start_method, self.preload, self.autokill, self.memory_limit, sessionfile),
+            eager)
 
     def _retry(self, name, attempts):
         if attempts.get(name, 0) >= self.retries:
@@ -2719,10 +4065,14 @@ class Run:
 
 
 class _LocalBackend:
-    """Runs tasks on this machine, through a `_Supervisor`."""
+    """Runs tasks on this machine, through a `_Supervisor`, made by
+    make_supervisor now if eager, else for the first task: a run with
+    nothing to run (on a reuse list, say) starts no process."""
 
-    def __init__(self, tasklist, nprocesses, supervisor):
-        self.tasklist, self.nprocesses, self.supervisor = tasklist, nprocesses, supervisor
+    def __init__(self, tasklist, nprocesses, make_supervisor, eager):
+        self.tasklist, self.nprocesses = tasklist, nprocesses
+        self.make_supervisor = make_supervisor
+        self.supervisor = make_supervisor() if eager else None
 
     def adopt(self, marked):
         for name in marked:  # marks of a driver that died; its tasks died with it
@@ -2730,13 +4080,15 @@ class _LocalBackend:
         return set()
 
     def busy(self):
-        return len(self.supervisor) > 0
+        return self.supervisor is not None and len(self.supervisor) > 0
 
     def has_room(self):
-        return len(self.supervisor) < self.nprocesses
+        return self.supervisor is None or len(self.supervisor) < self.nprocesses
 
     def start(self, name):
         tasklist = self.tasklist
+        if self.supervisor is None:
+            self.supervisor = self.make_supervisor()
         self.supervisor.start(tasklist._path('todo', name), tasklist._path('collect', name),
                               tasklist._path('output', name))
 
@@ -2744,7 +4096,8 @@ class _LocalBackend:
         return [_name_of(path) for path in self.supervisor.wait()]
 
     def close(self):
-        self.supervisor.close()
+        if self.supervisor is not None:
+            self.supervisor.close()
 
 
 def _mark_running(tasklist, name, where):
@@ -2879,7 +4232,7 @@ class _TqdmView:
 
 class _Bar:
     """A progress view without tqdm: a bar on a terminal, else a line at
-    most once a second."""
+    most once a second. A total of None is unknown (a map of a generator)."""
 
     def __init__(self, total, stream):
         self.total, self.stream = total, stream
@@ -2891,13 +4244,14 @@ class _Bar:
         now = time.monotonic()
         finished = done + failed
         rate = finished / max(now - self.began, 1e-9)
-        eta = (self.total - finished) / rate if rate else float('inf')
+        known = self.total is not None
+        eta = (self.total - finished) / rate if rate and known else float('inf')
         eta = time.strftime('%H:%M:%S', time.gmtime(eta)) if eta < 1e6 else '?'
-        counts = (f'{finished}/{self.total} done {done}, failed {failed}, '
+        counts = (f'{finished}/{self.total if known else "?"} done {done}, failed {failed}, '
                   f'running {running}{f", waiting {waiting}" if waiting else ""}, '
                   f'{rate:.1f} tasks/s, ETA {eta}')
         if self.terminal:
-            filled = int(20 * finished / self.total) if self.total else 20
+            filled = int(20 * finished / self.total) if self.total else 20 * known
             self.text = f'[{"#" * filled}{"." * (20 - filled)}] {counts}'
             self.stream.write('\r' + self.text + '\x1b[K')
             self.stream.flush()
@@ -2921,9 +4275,21 @@ class _Bar:
 # ---------------------------------------------------------------------------
 # Maps
 # ---------------------------------------------------------------------------
+#
+# pmap, call, background and pmap_rows run their calls through a task list
+# of their own: in `directory`, kept afterwards, or in a temporary directory
+# that goes when they end. Should their process die first (SIGTERM, say), its
+# temporary list goes with the next map of any process: each holds a lock
+# that the kernel releases when its process dies.
+
+_MAP_PREFIX = 'runforrest-pmap-'
+_LOOKAHEAD = 4  # items taken from the input ahead of the results, per process
+_MAP_LOCK = 'lock'  # named so once locked: a lock file free to take is a dead map's
+
 
 def pmap(fun, items, nprocesses=None, *, star=False, kwstar=False, args=(),
-         kwargs=None, errors='raise', directory=None, **run_options):
+         kwargs=None, errors='raise', directory=None, threads=False, lookahead=None,
+         progress=False, **run_options):
     """Like `map(fun, items)`, with each call in a process of its own.
 
     Yields the results in the order of items, each as soon as it and those
@@ -2932,46 +4298,349 @@ def pmap(fun, items, nprocesses=None, *, star=False, kwstar=False, args=(),
     >>> list(pmap(lambda x: x * x, range(4), nprocesses=2))
     [0, 1, 4, 9]
 
+    items may be endless: they are taken as results are yielded, at most
+    `lookahead` (4 times nprocesses) ahead of them, so memory and disk stay
+    bounded and the first results come at once.
+
     How an item becomes arguments (args and kwargs are fixed extras):
         star=False, kwstar=False: fun(item, *args, **kwargs)
         star=True:                fun(*item, *args, **kwargs)
+        star=None:                fun(*args, **kwargs), the item unused
         kwstar=True:              item is (value, dict): fun(value, *args, **kwargs, **dict)
         star=True, kwstar=True:   item is (values, dict): fun(*values, *args, **kwargs, **dict)
+        star=None, kwstar=True:   item is a dict: fun(*args, **kwargs, **item)
 
     errors='raise' raises the first failure (in input order), with the
     task's traceback as its cause; errors='return' yields the error in
-    place of the result. The tasks live in a temporary task list, or in
-    `directory`, which must not exist yet and is kept afterwards.
+    place of the result. Either way the error's `item_index` (and a note
+    in its traceback) tells which item failed. The tasks live in a
+    temporary task list, or in `directory`, which must not exist yet and
+    is kept afterwards, with every task. progress=True shows a progress
+    bar, counted against len(items) if items has a length.
+    threads=True runs the calls on `nprocesses` threads of this process,
+    for I/O: nothing is pickled, and nothing is isolated.
     run_options go to `TaskList.run`, e.g. autokill=60 or memory_limit='2G'.
     """
+    _check_callable(fun, 'pmap')
+    if star not in (False, True, None) or kwstar not in (False, True):
+        raise ValueError(f'star must be False, True or None and kwstar False or True, '
+                         f'not star={star!r}, kwstar={kwstar!r}')
+    args, kwargs = tuple(args), dict(kwargs or {})
+
+    def job(index, item):
+        values, keywords = _item_arguments(index, item, star, kwstar)
+        values, keywords = (*values, *args), {**kwargs, **keywords}
+        if threads:
+            import functools
+            return functools.partial(fun, *values, **keywords)
+        return defer(fun, *values, **keywords)
+
+    return _ordered(_jobs(items, job, 'pmap'), lambda index: f'pmap item {index}',
+                    nprocesses, errors, directory, threads, lookahead, progress, run_options)
+
+
+def _item_arguments(index, item, star, kwstar):
+    """The positional values and keywords that item stands for (see `pmap`)."""
+    if kwstar:
+        if star is None:
+            keywords = item
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            item, keywords = item
+        else:
+            raise TypeError(f'with kwstar=True, each item is a pair (value, keywords), '
+                            f'but item {index} is {_a(type(item))} {_abbreviate(item)}')
+        from collections.abc import Mapping
+        if not isinstance(keywords, Mapping):
+            raise TypeError(f'with kwstar=True, item {index} must supply a dict of '
+                            f'keywords, not {_a(type(keywords))} {_abbreviate(keywords)}')
+    else:
+        keywords = {}
+    if star is None:
+        return (), keywords
+    if not star:
+        return (item,), keywords
+    try:
+        return tuple(item), keywords
+    except TypeError:
+        raise TypeError(f'with star=True, each item is unpacked into arguments, but '
+                        f'item {index} is {_a(type(item))} {_abbreviate(item)}, which '
+                        f'is not iterable; pass star=False to give each item as one '
+                        f'argument') from None
+
+
+def proc(fun, *args, **kwargs):
+    """The call `fun(*args, **kwargs)`, to be made by `call` or `background`
+    in a process of its own. It is a task, as `defer` makes it.
+
+    >>> r1, r2 = call([proc(pow, 2, 10), proc(divmod, 7, 2)])
+    >>> r1, r2
+    (1024, (3, 1))
+    """
+    _check_callable(fun, 'proc')
+    return defer(fun, *args, **kwargs)
+
+
+def call(procs, nprocesses=None, *, errors='raise', directory=None, threads=False,
+         lookahead=None, progress=False, **run_options):
+    """Make the calls of a list of `proc`s at once, each in a process of its
+    own, and yield their results in the order given, each as soon as it and
+    those before it are ready. Errors, directory, threads, lookahead,
+    progress and run options are as in `pmap`; an error's `item_index` is
+    the position of its proc."""
+    def job(index, spec):
+        if not isinstance(spec, Task):
+            raise TypeError(f'call() takes procs, but item {index} is '
+                            f'{_a(type(spec))} {_abbreviate(spec)}; make each call '
+                            f'with proc(fun, *args, **kwargs)')
+        if threads:
+            import functools
+            return functools.partial(evaluate, spec)
+        return spec
+
+    return _ordered(_jobs(procs, job, 'call'), lambda index: f'call item {index}',
+                    nprocesses, errors, directory, threads, lookahead, progress, run_options)
+
+
+def _check_callable(fun, name):
+    if not callable(fun):
+        raise TypeError(f'{name}() calls its first argument, but {_a(type(fun))} '
+                        f'{_abbreviate(fun)} is not callable; pass a function, as in '
+                        f'{name}(abs, ...)')
+
+
+def _jobs(items, job, name):
+    """The jobs that items stand for, made as items are taken by a `_Window`,
+    and how many there are, if items has a length."""
+    try:
+        total = len(items)
+    except TypeError:
+        total = None
+    try:
+        items = iter(items)
+    except TypeError:
+        raise TypeError(f'{name}() takes an iterable of items, not {_a(type(items))} '
+                        f'{_abbreviate(items)}') from None
+
+    def make():
+        for index, item in enumerate(items):
+            try:
+                yield job(index, item)
+            except NotPicklable as error:
+                error.add_note(f'(in {name} item {index})')
+                raise
+
+    return make(), total
+
+
+def _ordered(jobs, describe, nprocesses, errors, directory, threads, lookahead,
+             progress, run_options):
+    """The generator that pmap and call return: the outcomes of jobs, in order.
+
+    Bad options are refused here, at the call, not at the first result."""
     if errors not in ('raise', 'return'):
         raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
-    if directory is None:
+    if threads and run_options:
+        raise ValueError(f'threads=True runs the calls on threads of this process, '
+                         f'which cannot be killed or limited: '
+                         f'{", ".join(sorted(run_options))} need processes (threads=False)')
+    nprocesses = Run(None, nprocesses, **run_options).nprocesses  # checks the options
+    if lookahead is None:
+        lookahead = _LOOKAHEAD * nprocesses
+    if not isinstance(lookahead, int) or lookahead < 1:
+        raise ValueError(f'lookahead must be a whole number of at least 1, not {lookahead!r}')
+    if directory is not None:
+        directory = _new_directory(directory)
+    return _results(jobs, describe, nprocesses, errors, directory, threads, lookahead,
+                    progress, run_options)
+
+
+def _results(jobs, describe, nprocesses, errors, directory, threads, lookahead,
+             progress, run_options):
+    jobs, total = jobs
+    window = _Window(jobs, lookahead, nprocesses, _progress_view(total) if progress else None)
+    place = None if threads else _MapDirectory(directory)
+    outcomes = _on_threads(window, nprocesses) if threads else \
+        _in_processes(window, place, nprocesses, run_options)
+    try:
+        for index, ok, value, traceback in outcomes:
+            if ok:
+                yield value
+                continue
+            try:
+                value.item_index = index
+            except AttributeError:  # an exception with __slots__
+                pass
+            value.add_note(f'(raised by {describe(index)})')
+            if errors == 'return':
+                yield value
+            else:
+                if traceback:
+                    value.__cause__ = _RemoteTraceback(traceback)
+                raise value
+    finally:
+        outcomes.close()  # now, not when garbage collected: it kills what runs
+        window.close()
+        if place is not None:
+            place.close()
+
+
+class _Window:
+    """The items of a map between its input and its results: at most `size`
+    taken from the input and not yet handed out; and the progress view."""
+
+    def __init__(self, jobs, size, nworkers, view):
+        self.jobs, self.size, self.nworkers, self.view = jobs, size, nworkers, view
+        self.taken = self.handed = self.failed = 0
+
+    def fill(self, submit):
+        """Take items while there is room, and submit(index, job) each."""
+        while self.taken - self.handed < self.size:
+            try:
+                job = next(self.jobs)
+            except StopIteration:
+                return
+            submit(self.taken, job)
+            self.taken += 1
+
+    def hand_out(self, ok):
+        self.handed += 1
+        self.failed += not ok
+        if self.view:
+            self.view.update(self.handed - self.failed, self.failed,
+                             min(self.nworkers, self.taken - self.handed), 0)
+
+    def close(self):
+        if self.view:
+            self.view.close()
+
+
+def _in_processes(window, place, nprocesses, run_options):
+    """(index, ok, value, traceback) per item, in order, from a task list:
+    items join its run as results are handed out."""
+    from collections import deque
+    tasklist = TaskList(place.tasklist)
+    index_of = {}  # by task name, not metadata: a damaged result has none
+    run = None
+
+    def submit(index, job):
+        index_of[tasklist.schedule(job, metadata=index)] = index
+
+    try:
+        window.fill(submit)
+        run = iter(tasklist.run(nprocesses, **run_options))
+        ready, in_order = {}, deque()
+        for task in run:
+            ready[index_of.pop(task.taskname)] = task
+            del task  # hold no result that was handed out
+            while window.handed in ready:
+                in_order.append((window.handed, ready.pop(window.handed)))
+                window.hand_out(in_order[-1][1].errorvalue is None)
+            window.fill(submit)
+            while in_order:
+                index, task = in_order.popleft()
+                outcome = (index, True, task.returnvalue, None) if task.errorvalue is None \
+                    else (index, False, task.errorvalue, task.traceback)
+                place.forget(tasklist, task)  # its outcome is read: see Task.returnvalue
+                del task
+                yield outcome
+                del outcome
+        if index_of:
+            raise RunforrestError(f'the run ended without the results of items '
+                                  f'{sorted(index_of.values())}; were their task '
+                                  f'files removed from {place.tasklist} meanwhile?')
+    finally:
+        if run is not None:
+            run.close()
+
+
+def _on_threads(window, nthreads):
+    """(index, ok, value, None) per item, in order, from a pool of threads."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    pool = ThreadPoolExecutor(nthreads, thread_name_prefix='runforrest-pmap')
+    futures = deque()
+
+    def submit(index, job):
+        futures.append((index, pool.submit(job)))
+
+    try:
+        window.fill(submit)
+        while futures:
+            index, future = futures.popleft()
+            error = future.exception()
+            window.hand_out(error is None)
+            window.fill(submit)
+            yield (index, True, future.result(), None) if error is None else \
+                (index, False, error, None)
+            del future, error
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # a thread cannot be killed
+
+
+def _new_directory(directory):
+    path = os.path.abspath(os.fspath(directory))
+    if os.path.exists(path) and not (os.path.isdir(path) and not os.listdir(path)):
+        raise TaskListExists(f'{path} exists already; a map keeps its tasks in a new '
+                             f'directory: name one that does not exist, or remove this one')
+    return path
+
+
+class _MapDirectory:
+    """Where a map keeps its task list: `directory` (see `_new_directory`),
+    which is kept, or a temporary directory, removed by `close`."""
+
+    def __init__(self, directory=None):
+        self.root = self.lock = None
+        if directory is not None:
+            self.tasklist = directory
+            return
+        import fcntl
         import tempfile
-        directory = tempfile.mkdtemp(prefix='runforrest-pmap-')
-        keep = False
-    else:
-        keep = True
-    with TaskList(directory, exist_ok=not keep, post_clean=not keep) as tasklist:
-        for index, item in enumerate(items):
-            values, keywords = (item if kwstar else (item, {}))
-            values = tuple(values) if star else (values,)
-            tasklist.schedule(defer(fun, *values, *args, **{**(kwargs or {}), **keywords}),
-                              metadata=index)
-        ready, wanted = {}, 0
-        for task in tasklist.run(nprocesses, **run_options):
-            ready[task.metadata] = task
-            while wanted in ready:
-                task = ready.pop(wanted)
-                wanted += 1
-                if task.errorvalue is None:
-                    yield task.returnvalue
-                elif errors == 'return':
-                    yield task.errorvalue
-                else:
-                    if task.traceback:
-                        task.errorvalue.__cause__ = _RemoteTraceback(task.traceback)
-                    raise task.errorvalue
+        _remove_orphans(tempfile.gettempdir())
+        self.root = tempfile.mkdtemp(prefix=_MAP_PREFIX)
+        self.tasklist = os.path.join(self.root, 'tasks')
+        # Locked before it gets its name, so that nobody takes it for an orphan's.
+        aside = os.path.join(self.root, f'.{_MAP_LOCK}.tmp')
+        self.lock = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.lock, fcntl.LOCK_EX)
+        os.rename(aside, os.path.join(self.root, _MAP_LOCK))
+
+    def forget(self, tasklist, task):
+        """Remove a finished task's files, unless the directory is kept."""
+        if self.root is not None:
+            for state in ('done', 'fail', 'output'):
+                _unlink(tasklist._path(state, task.taskname))
+
+    def close(self):
+        if self.root is not None:
+            import shutil
+            shutil.rmtree(self.root, ignore_errors=True)
+            os.close(self.lock)
+            self.root = None
+
+
+def _remove_orphans(directory):
+    """Remove the temporary task lists of maps whose process died."""
+    import fcntl
+    import shutil
+    try:
+        entries = [entry for entry in os.listdir(directory) if entry.startswith(_MAP_PREFIX)]
+    except OSError:
+        return
+    for entry in entries:
+        root = os.path.join(directory, entry)
+        try:
+            fd = os.open(os.path.join(root, _MAP_LOCK), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # not a map's, or not one of this version
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # its map is alive
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 class _RemoteTraceback(Exception):
@@ -2979,6 +4648,163 @@ class _RemoteTraceback(Exception):
 
     def __str__(self):
         return '\n' + self.args[0]
+
+
+def background(fun, /, *args, **kwargs):
+    """Start fun(*args, **kwargs) now, in a process of its own, and return
+    a `concurrent.futures.Future` of its result.
+
+    >>> future = background(pow, 2, 10)
+    >>> future.result()
+    1024
+
+    `result(timeout)` (or `join(timeout)`, as in parmapper) waits for the
+    value, or raises the call's error with its traceback as the cause;
+    `cancel()` kills the call's whole process group. To give run options
+    (autokill, memory_limit, start_method, ...), pass the call as a `proc`:
+    then every keyword is a run option, and none can clash with fun's own:
+    background(proc(fun, *args, **kwargs), autokill=60).
+    """
+    if isinstance(fun, Task):
+        if args:
+            raise TypeError('background(proc(...), **run_options) takes the '
+                            'arguments of the call inside proc()')
+        task, run_options = fun, kwargs
+    else:
+        _check_callable(fun, 'background')
+        task, run_options = defer(fun, *args, **kwargs), {}
+    if 'nprocesses' in run_options:
+        raise TypeError('a background call runs in one process: '
+                        'background() takes no nprocesses')
+    Run(None, **run_options)  # checks the options now, in the caller's thread
+    return _background_future()(task, run_options)
+
+
+def _background_task(control, call):
+    """Runs in the task process of `background`: tell cancel() which
+    process group to kill, then make the call, unless cancel() came first.
+    The call travels as a pickle, so that nothing of it runs before."""
+    import signal
+    group = os.path.join(control, 'group')
+    with open(group + '.tmp', 'w') as file:
+        file.write(str(os.getpgrp()))
+    os.replace(group + '.tmp', group)
+    if os.path.exists(os.path.join(control, 'cancelled')):
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    return evaluate(pickle.loads(call))
+
+
+def _background_future():
+    """The class of `background`'s futures, made at its first use, since
+    importing concurrent.futures would cost every task process 11 ms."""
+    global _Background
+    if _Background is not None:
+        return _Background
+    import threading
+    from concurrent.futures import Future, InvalidStateError
+
+    class _Background(Future):
+        """The future of a `background` call, run by a driver thread of its own."""
+
+        def __init__(self, task, run_options):
+            super().__init__()
+            self._place = _MapDirectory()
+            self._thread = threading.Thread(target=self._drive, args=(task, run_options),
+                                            name='runforrest-background')
+            self._thread.start()
+
+        def _drive(self, task, run_options):
+            error = value = None
+            try:
+                tasklist = TaskList(self._place.tasklist)
+                tasklist.schedule(defer(_background_task, self._place.root, _dumps(task)))
+                for finished in tasklist.run(1, **run_options):
+                    value, error = finished.returnvalue, finished.errorvalue
+                    if error is not None and finished.traceback:
+                        error.__cause__ = _RemoteTraceback(finished.traceback)
+            except BaseException as failure:  # of the driver: a full disk, say
+                error = failure
+            finally:
+                self._place.close()
+            try:
+                if error is None:
+                    self.set_result(value)
+                else:
+                    self.set_exception(error)
+            except InvalidStateError:  # cancelled meanwhile
+                pass
+
+        def running(self):
+            return not self.done()
+
+        def cancel(self):
+            """Kill the call's process group and wait until the call has
+            ended; False if it had finished already."""
+            if self.done():
+                return self.cancelled()
+            control = self._place.root
+            try:
+                open(os.path.join(control, 'cancelled'), 'w').close()
+                with open(os.path.join(control, 'group')) as file:
+                    _kill_group(int(file.read()))
+            except (OSError, TypeError, ValueError):
+                pass  # not started yet (it will see the mark), or ending right now
+            cancelled = super().cancel()
+            if cancelled:
+                self.set_running_or_notify_cancel()  # wakes wait() and as_completed()
+            if threading.current_thread() is not self._thread:
+                self._thread.join()
+            return cancelled
+
+        def join(self, timeout=None):
+            """The same as `result`, for parmapper's users."""
+            return self.result(timeout)
+
+    return _Background
+
+
+_Background = None
+
+
+def pmap_rows(fun, X, nprocesses=None, **run_options):
+    """fun(X) for a function that treats the rows of a NumPy array one by
+    one, computed in parallel: X is split along its first axis into one
+    chunk per process, fun runs on each chunk in a process of its own, and
+    the results are joined again. Needs NumPy; run_options as in `pmap`.
+
+    >>> import numpy
+    >>> pmap_rows(numpy.sqrt, numpy.array([[1.0, 4.0], [9.0, 16.0], [25.0, 36.0]]))
+    array([[1., 2.],
+           [3., 4.],
+           [5., 6.]])
+    """
+    try:
+        import numpy
+    except ImportError:
+        raise ImportError('pmap_rows needs NumPy: pip install numpy') from None
+    _check_callable(fun, 'pmap_rows')
+    if not isinstance(X, numpy.ndarray):
+        raise TypeError(f'pmap_rows splits a NumPy array along its first axis, not '
+                        f'{_a(type(X))} {_abbreviate(X)}; make one with numpy.asarray(X)')
+    if X.ndim == 0:
+        raise TypeError(f'pmap_rows splits an array into rows, but {_abbreviate(X)} '
+                        f'has no rows: it has no axis at all')
+    nprocesses = Run(None, nprocesses, **run_options).nprocesses
+    chunks = numpy.array_split(X, min(nprocesses, len(X))) if len(X) else [X]
+    starts = numpy.cumsum([0] + [len(chunk) for chunk in chunks])
+
+    def describe(index):
+        return f'pmap_rows chunk {index}, rows {starts[index]} to {starts[index + 1] - 1}'
+
+    jobs = ((defer(fun, chunk) for chunk in chunks), len(chunks))
+    results = list(_ordered(jobs, describe, nprocesses, 'raise', None, False, None,
+                            False, run_options))
+    for index, result in enumerate(results):
+        if not isinstance(result, numpy.ndarray) or result.ndim == 0:
+            raise TypeError(f'pmap_rows joins the arrays that fun returns for each '
+                            f'chunk of rows, but for {describe(index)} it returned '
+                            f'{_a(type(result))} {_abbreviate(result)}')
+    return numpy.concatenate(results)
 
 
 # ---------------------------------------------------------------------------
@@ -3349,6 +5175,8 @@ def _command_parser():
     clean.add_argument('directory')
     for state in STATES:
         clean.add_argument(f'--{state}', action='store_true', help=f'remove the {state} tasks')
+    clean.add_argument('--stale', action='store_true',
+                       help='remove the tasks that the script of a reuse list no longer schedules')
     return parser
 
 
@@ -3415,6 +5243,13 @@ def _status_command(args):
         f'{data[state]} {state}' for state in STATES + ('running',))]
     if data['waiting']:
         lines.append(f'waiting: {data["waiting"]} of the todo tasks wait for their dependencies')
+    if data['stale']:
+        lines.append(f'stale: {data["stale"]} tasks that the script no longer schedules '
+                     f'(runforrest clean --stale removes them)')
+    if data['why']:
+        lines.append('ran because:')
+        for why, count in sorted(data['why'].items(), key=lambda item: -item[1]):
+            lines.append(f'  {count:6d}  {why}')
     if data['driver']:
         driver = data['driver']
         lines.append(f'driver: pid {driver.get("pid")} on {driver.get("host")}, '
@@ -3449,6 +5284,11 @@ def _status(tasklist):
         except (OSError, TaskFileError):
             continue
         data['waiting'] += any(other not in done for other in after)
+    current = tasklist._current()
+    data['stale'] = 0 if current is None else sum(
+        name not in current for state in STATES for name in tasklist._names(state))
+    data['why'] = {}  # on a reuse list: why the tasks that its script schedules run
+    ran = current and current - tasklist._current(reused=True)
     runtimes, failures = [], {}
     for state in ('done', 'fail'):
         for name in tasklist._names(state):
@@ -3459,6 +5299,8 @@ def _status(tasklist):
                 header = {'error_type': 'TaskFileError', 'error': f'{path} cannot be read'}
             if header.get('runtime') is not None:
                 runtimes.append(header['runtime'])
+            if header.get('why') and ran and name in ran:
+                data['why'][header['why']] = data['why'].get(header['why'], 0) + 1
             if state == 'fail':
                 group = failures.setdefault(header.get('error_type') or '?', {
                     'count': 0, 'example': name, 'message': header.get('error'), 'tasks': []})
@@ -3531,7 +5373,8 @@ def _show_command(args):
     _adopt(header, chdir=False)
     name = _name_of(path)
     data = {'name': name, 'state': header['state'], 'file': path,
-            'runtime': header.get('runtime'), 'error': header.get('error')}
+            'runtime': header.get('runtime'), 'error': header.get('error'),
+            'key': header.get('key'), 'why': header.get('why')}
     try:
         task = read_task(path)
         data.update(call=_describe(task, depth=3), metadata=task.metadata,
@@ -3555,6 +5398,9 @@ def _show_command(args):
     else:
         text.append(f'call      {data["call"]}')
         text.append(f'metadata  {_abbreviate(data["metadata"], 200)}')
+    if data['why']:
+        text.append(f'ran, as   {data["why"]}' if data['state'] != 'todo' else
+                    f'runs, as  {data["why"]}')
     if data['dependencies']:
         text.append(f'after     {", ".join(data["dependencies"])}')
     if data['dependents']:
@@ -3573,6 +5419,10 @@ def _show_command(args):
 
 def _clean_command(args):
     tasklist = TaskList.open(args.directory)
+    if args.stale:
+        tasklist.clean(stale=True)
+        print(f'removed the stale tasks of {tasklist.directory}')
+        return 0
     chosen = [getattr(args, state) for state in STATES]
     if not any(chosen):
         chosen = [True] * len(STATES)

@@ -64,3 +64,30 @@ def main_global(name):
     """A global of __main__, as a session file provides it."""
     import __main__
     return getattr(__main__, name)
+
+
+def hang_with_child(pidfile):
+    """Start a child process, write 'PID CHILD_PID' to pidfile, and hang."""
+    import subprocess
+    child = subprocess.Popen(['sleep', '600'])
+    with open(f'{pidfile}.tmp', 'w') as file:
+        file.write(f'{os.getpid()} {child.pid}')
+    os.replace(f'{pidfile}.tmp', pidfile)
+    time.sleep(600)
+
+
+def where(value):
+    """value, with the process and thread that it was computed in."""
+    import threading
+    return value, os.getpid(), threading.get_ident()
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def rows_with_pid(X):
+    """X with a column that holds the process that computed each row."""
+    import numpy
+    return numpy.column_stack([X * 2, numpy.full(len(X), os.getpid())])

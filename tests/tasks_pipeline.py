@@ -4,6 +4,8 @@ import ctypes
 import os
 import time
 
+from runforrest import defer
+
 
 class Prepared:
     """What a first stage returns: indexable, with an attribute."""
@@ -80,3 +82,30 @@ def fault(kind):
             hog[offset] = 1
         time.sleep(3600)
     return kind
+
+
+def meet(here, there, seconds=30):
+    """Say that this task runs, and wait for the other one to say so too."""
+    write(here, 'here')
+    wait_for_file(there, seconds)
+    return os.path.basename(here)
+
+
+def schedule_pipeline(tasklist, items, bad_item):
+    """Two stages per item and a summary of them; bad_item's first stage
+    raises. Returns the names of the summary and of bad_item's second stage."""
+    results, blocked = [], None
+    for item in items:
+        prepared = defer(fault, 'raise') if item == bad_item else defer(prepare, item)
+        tasklist.schedule(prepared)
+        result = defer(dostuff, prepared[1], prepared.thing)
+        if item == bad_item:
+            blocked = tasklist.schedule(result)
+        else:
+            tasklist.schedule(result)
+            results.append(result)
+    return tasklist.schedule(defer(summarize, results)), blocked
+
+
+def big_bytes(megabytes):
+    return b'x' * (megabytes << 20)

@@ -423,26 +423,6 @@ def test_pmap_never_reuses_an_existing_list(tmp_path):
     assert len(TaskList.open(tmp_path / 'list')._names('todo')) == 1
 
 
-def test_a_list_whose_scheduling_was_cut_short_is_scheduled_anew(tmp_path):
-    script = tmp_path / 'driver.py'
-    script.write_text(textwrap.dedent('''
-        import os, sys, tasks_core
-        from runforrest import TaskList, defer
-        tasklist = TaskList('list', noschedule_if_exist=True)
-        for value in range(5):
-            tasklist.schedule(defer(tasks_core.identity, value))
-            if value == 2 and sys.argv[1] == 'die':
-                os._exit(1)  # as if killed while scheduling
-        print(sorted(task.returnvalue for task in tasklist.run(nprocesses=2)))
-    '''))
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(tasks_core.__file__))
-    run = lambda how: subprocess.run([sys.executable, str(script), how], cwd=tmp_path,
-                                     env=env, capture_output=True, text=True, timeout=120)
-    assert run('die').returncode == 1
-    assert len(os.listdir(tmp_path / 'list' / 'todo')) == 3
-    assert run('live').stdout.strip() == '[0, 1, 2, 3, 4]'
-
-
 def test_breaking_out_leaves_no_marks_of_running_tasks(tasklist):
     tasklist.schedule(defer(tasks_core.identity, 1))
     tasklist.schedule(defer(tasks_core.sleep_forever))

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from runforrest import TaskCrashed, TaskList, TaskOutOfMemory, TaskTimeout, defer
+from runforrest import (DependencyFailed, TaskCrashed, TaskList, TaskOutOfMemory,
+                        TaskTimeout, defer)
 
 import tasks_core
 
@@ -89,3 +90,13 @@ def test_errors_keep_their_type_after_dask_changed_how_exceptions_pickle(tmp_pat
     tasklist.schedule(defer(tasks_core.hold_memory, 400))
     [task] = tasklist.run(nprocesses=1, memory_limit='150M')
     assert isinstance(task.errorvalue, TaskOutOfMemory), repr(task.errorvalue)
+
+
+def test_a_pipeline_runs_on_dask_with_the_same_semantics(tmp_path, executor):
+    import tasks_pipeline
+    tasklist = TaskList(tmp_path / 'list')
+    summary, blocked = tasks_pipeline.schedule_pipeline(tasklist, range(4), bad_item=1)
+    results = {task.taskname: task for task in tasklist.run(nprocesses=2, executor=executor)}
+    assert results[summary].returnvalue == sum(item + 1 + item * 10 for item in (0, 2, 3))
+    assert isinstance(results[blocked].errorvalue, DependencyFailed)
+    assert len(results) == 9

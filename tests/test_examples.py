@@ -54,3 +54,24 @@ def test_map(tmp_path):
                  "autokill: ['NoneType', 'TaskTimeout'] after "):
         assert line in output
 
+
+
+def test_pipeline(tmp_path):
+    output = run_example('pipeline.py', tmp_path)
+    assert '00000002-dostuff: thing-0: 0' in output
+    assert '00000007-prepare: ValueError: item 3 cannot be prepared yet' in output
+    assert ('00000008-dostuff: DependencyFailed: not run, because its dependency '
+            '00000007-prepare failed: ValueError') in output
+    assert '00000011-summarize: DependencyFailed: not run' in output
+    assert 'retried: 00000007-prepare, 00000008-dostuff, 00000011-summarize' in output
+    assert output.count(' again: done') == 3
+    assert 'summary: thing-0: 0; thing-1: 1; thing-2: 4; thing-3: 9; thing-4: 16' in output
+
+
+def test_rerun(tmp_path):
+    output = run_example('rerun.py', tmp_path)
+    for line in ('first run: ran 6, reused 0', 'nothing changed: ran 0, reused 6',
+                 'a new data file: ran 2, reused 6', 'the plotting code changed: ran 4, reused 4',
+                 'a.txt touched: ran 0, reused 8', 'b.txt changed: ran 2, reused 6',
+                 'input file data/b.txt changed', 'dependency 00000013-prepare ran again'):
+        assert line in output

@@ -298,3 +298,29 @@ def test_a_driver_killed_mid_pipeline_loses_nothing_and_repeats_nothing(tmp_path
     for item in range(4):
         assert tasks.runs(effects, f'prepare-{item}') == 1
         assert tasks.runs(effects, f'dostuff-{item + 1}') == 1
+
+
+BIG_INTERMEDIATE = '''
+import resource, sys
+from runforrest import TaskList, defer
+import tasks_pipeline as tasks
+tasklist = TaskList(sys.argv[1])
+big = defer(tasks.big_bytes, 200)
+tasklist.schedule(big)
+tasklist.schedule(defer(len, big))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+lengths = [task.returnvalue for task in tasklist.run(nprocesses=1) if task.taskname.endswith('len')]
+print(lengths[0], (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10)
+'''
+
+
+def test_a_large_intermediate_result_is_never_held_by_the_driver(tmp_path):
+    script = tmp_path / 'driver.py'
+    script.write_text(BIG_INTERMEDIATE)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / 'list')],
+                          env={**os.environ, 'PYTHONPATH': HERE}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    length, grown = map(int, done.stdout.split())
+    assert length == 200 << 20
+    assert grown < 50, f'the driver grew by {grown} MiB'

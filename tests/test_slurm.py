@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from runforrest import Slurm, TaskList, TaskLost, TaskOutOfMemory, TaskTimeout, defer
+from runforrest import (DependencyFailed, Slurm, TaskList, TaskLost, TaskOutOfMemory,
+                        TaskTimeout, defer)
 
 import tasks_core
 
@@ -149,7 +150,7 @@ def running_marks(tmp_path):
 def test_ctrl_c_cancels_the_submitted_jobs(tmp_path, slurm):
     driver = start_driver(tmp_path)
     wait_for(lambda: len(running_marks(tmp_path)) == 4, 'the jobs to be submitted')
-    job = (tmp_path / 'list' / 'running' / running_marks(tmp_path)[0]).read_text().split()[1]
+    job = (tmp_path / 'list' / '.runforrest' / 'running' / running_marks(tmp_path)[0]).read_text().split()[1]
     driver.send_signal(signal.SIGINT)
     driver.wait(timeout=60)
     job_id = job.partition('_')[0]
@@ -171,3 +172,27 @@ def test_a_restarted_driver_picks_up_without_submitting_twice(tmp_path, slurm):
     assert len(os.listdir(tmp_path / 'list' / 'done')) == 4
     counts = (tmp_path / 'counts').read_text().split()
     assert sorted(counts) == ['0', '1', '2', '3'], 'a task ran twice'
+
+
+def test_a_pipeline_runs_on_slurm_with_the_same_semantics(tmp_path, slurm):
+    import tasks_pipeline
+    tasklist = TaskList(tmp_path / 'list')
+    summary, blocked = tasks_pipeline.schedule_pipeline(tasklist, range(4), bad_item=2)
+    results = {task.taskname: task for task in tasklist.run(nprocesses=2, executor=slurm)}
+    assert results[summary].returnvalue == sum(item + 1 + item * 10 for item in (0, 1, 3))
+    assert isinstance(results[blocked].errorvalue, DependencyFailed)
+    assert len(results) == 9
+
+
+def test_more_tasks_than_an_array_holds_keep_nprocesses_running(tmp_path, slurm):
+    # Two tasks that each wait for the other: they finish only if the second
+    # array starts while the first still runs.
+    import tasks_pipeline
+    small = Slurm(poll_interval=0.3)
+    small.max_array_size = 1
+    tasklist = TaskList(tmp_path / 'list')
+    one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+    tasklist.schedule(defer(tasks_pipeline.meet, one, two))
+    tasklist.schedule(defer(tasks_pipeline.meet, two, one))
+    results = [task.returnvalue for task in tasklist.run(nprocesses=2, executor=small)]
+    assert sorted(results) == ['one', 'two']
