@@ -1,7 +1,8 @@
 """Pipelines side by side: runforrest's task graphs, natcap's TaskGraph and dask.delayed.
 
-    python benchmarks/pipelines.py --quick      # small sizes, about 2 minutes
-    python benchmarks/pipelines.py              # the targets' sizes, about 15 minutes
+    python benchmarks/pipelines.py --quick      # small sizes, about 3 minutes
+    python benchmarks/pipelines.py              # the targets' sizes, about 17 minutes,
+                                                # 5 of them waiting on peers that hang
     python benchmarks/pipelines.py --only faults --timeout 120
 
 Each system runs the same graphs of stages (workloads.stage: sleep, then
