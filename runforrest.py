@@ -2176,8 +2176,9 @@ class TaskList:
         resumes the remaining todo tasks after a crash. If the script that
         scheduled the list was killed while it was scheduling, `schedule`
         takes up where it stopped instead: each call stands for the task
-        that the same call made before, as long as there is one, and
-        schedules anew after that. Nothing is ever removed.
+        that the same call made before (the n-th call for the task whose
+        name begins with n), and the calls past the last of them schedule
+        anew. Nothing is ever removed.
 
     Use `TaskList.open(directory)` for an existing list, as it is.
     """
@@ -2191,7 +2192,8 @@ class TaskList:
         self.logfile = logfile
         self._reusing, self._ledger = reuse, None  # see _Ledger
         self._noschedule = False
-        self._replay = None  # names that schedule() takes up again (see noschedule_if_exist)
+        self._replay = None  # index: name, for schedule() to take up (see noschedule_if_exist)
+        self._calls = 0  # of schedule(), while it takes them up
         if os.path.exists(self.directory) and not self._is_empty_directory():
             if not self._is_tasklist():
                 raise NotATaskList(
@@ -2287,17 +2289,12 @@ class TaskList:
 
     def _scheduled_before_the_cut(self):
         """If the script that scheduled this list was killed while it did,
-        the names it scheduled, in order, for schedule() to take up again;
-        else None."""
-        try:
-            with open(self._work_path(_SCHEDULING)) as mark:
-                first = int(mark.read() or 1)
-        except (FileNotFoundError, ValueError):
+        the names it scheduled, by their index (which counts its schedule()
+        calls), for schedule() to take up again; else None."""
+        if not os.path.exists(self._work_path(_SCHEDULING)):
             return None
-        from collections import deque
-        names = {name for state in STATES + ('collect',) for name in self._names(state)
-                 if _index_of(name) >= first}
-        return deque(sorted(names, key=_schedule_order))
+        return {_index_of(name): name
+                for state in STATES + ('collect',) for name in self._names(state)}
 
     # -- scheduling ----------------------------------------------------------
 
@@ -2348,8 +2345,10 @@ class TaskList:
                             f'wrap the call: tasklist.schedule(defer(fun, *args))')
         if self._noschedule:
             return None
-        if self._replay:
-            return self._take_up(task)
+        if self._replay is not None:
+            taken_up, name = self._take_up(task)
+            if taken_up:
+                return name
         cut, dependencies = self._dependencies(task, after)
         if isinstance(outputs, (str, os.PathLike)):
             outputs = [outputs]
@@ -2436,23 +2435,27 @@ class TaskList:
         """Mark the list as being scheduled, until this script's scheduling
         ends: at flush(), at the end of a `with` block, or when this object
         or the interpreter goes. A script killed before that leaves the
-        mark, with the index of its first task, for noschedule_if_exist."""
+        mark, for noschedule_if_exist to take its scheduling up."""
         if self._scheduling is not None:
             return
         import weakref
         self._make_layout()  # the list may have been cleaned away
-        try:
-            with open(self._work_path(_SCHEDULING), 'x') as mark:
-                mark.write(str(self._next_index))
-        except FileExistsError:
-            pass  # a scheduling cut short before, taken up now: its start stays
+        open(self._work_path(_SCHEDULING), 'w').close()
         self._scheduling = weakref.finalize(self, _finish_scheduling, self.directory,
                                             self._ledger)
 
     def _take_up(self, task):
         """Stand for the task that this call scheduled in the script that was
-        cut short (see noschedule_if_exist), instead of scheduling it again."""
-        name = self._replay.popleft()
+        cut short (see noschedule_if_exist), instead of scheduling it again:
+        the task of the same index, or none, if it was removed since. Past
+        the last of them, (False, None): schedule it now."""
+        self._calls += 1
+        if self._calls > max(self._replay, default=0):
+            self._replay = None
+            return False, None
+        name = self._replay.get(self._calls)
+        if name is None:
+            return True, None
         if name.partition('-')[2] != _label(task):
             raise TaskListError(
                 f'the scheduling of {self.directory} was cut short, and '
@@ -2463,7 +2466,7 @@ class TaskList:
                 f'TaskList({self.directory!r}, exist_ok=True)')
         task.__dict__.setdefault('_scheduled', {})[self.directory] = name
         self._begin_scheduling()
-        return name
+        return True, name
 
     def _dependencies(self, task, after):
         """The tasks that task depends on: {key: name} of those in its graph
@@ -2712,8 +2715,12 @@ class TaskList:
         todo = set(self._names('todo'))
         for state in ('done', 'fail'):
             for name in todo.intersection(self._names(state)):
-                if _state_of(self._path('todo', name)) != 'todo':
-                    continue  # a result put back by hand, to run again
+                # A result in todo/ was put back to run again (by retry(), or
+                # by hand); a result filed since is newer, and means it did.
+                put_back = self._path('todo', name)
+                if _state_of(put_back) != 'todo' and os.stat(put_back).st_mtime_ns >= \
+                        os.stat(self._path(state, name)).st_mtime_ns:
+                    continue
                 if _is_whole(self._path(state, name)):
                     _unlink(self._path('todo', name))
                 else:
@@ -2810,8 +2817,12 @@ class _DriverLock:
                 f'is running {self.directory}; wait for it to finish, or stop '
                 f'it, and run again') from None
         self.info = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': _now()}
-        os.ftruncate(self.fd, 0)
-        self.publish()
+        try:
+            os.ftruncate(self.fd, 0)
+            self.publish()
+        except BaseException:  # a full disk, say: the lock must not outlive the error
+            os.close(self.fd)
+            raise
         return self
 
     def publish(self, **fields):
@@ -3675,7 +3686,7 @@ class _Supervisor:
     def _police(self):
         now = time.monotonic()
         watched = [job for job in self.jobs.values() if job.pid and job.cause is None]
-        if self.abandon_unless and not os.path.exists(self.abandon_unless):
+        if self.abandon_unless and not _still_wanted(self.abandon_unless):
             self.abandoned = True
             for job in watched:
                 _kill_group(job.pid)
@@ -4819,11 +4830,20 @@ def pmap_rows(fun, X, nprocesses=None, **run_options):
 _ABANDON_POLL = 0.5  # seconds between checks whether the driver gave up on a task
 
 
+def _still_wanted(mark):
+    """Whether a driver still waits for the task whose mark (in running/) this
+    is: the mark is there, and a driver holds the list's lock, which a driver
+    that dies, however it dies, lets go of."""
+    lock = os.path.join(os.path.dirname(os.path.dirname(mark)), _LOCKFILE)
+    return os.path.exists(mark) and _DriverLock.holder(lock) is not None
+
+
 def _supervise(todo, result, output=None, autokill=None, memory_limit=None,
                sessionfile=None, abandon_unless=None):
     """Run one task in a process of its own, with autokill and the memory
     limit, and wait for it: what an executor's worker or a SLURM job does.
-    Kills the task, recording nothing, if the file abandon_unless vanishes.
+    Kills the task, recording nothing, if the file abandon_unless vanishes
+    or its driver dies (see `_still_wanted`).
     Returns whether the task succeeded."""
     supervisor = _Supervisor('spawn', (), autokill, _parse_bytes(memory_limit),
                              sessionfile, abandon_unless, in_job=True)

@@ -107,23 +107,30 @@ def raise_two_argument_error(code, detail):
 
 # -- crashing ------------------------------------------------------------------
 
+def with_child(marker):
+    """Start a child that would wait for 1000 s (in the task's process
+    group), and say so in the marker: a crash must take the child along."""
+    child = subprocess.Popen(['sleep', '1000'])
+    write_marker(marker, [child.pid])
+
+
 def segfault(marker):
-    write_marker(marker)
+    with_child(marker)
     ctypes.string_at(0)
 
 
 def abort(marker):
-    write_marker(marker)
+    with_child(marker)
     os.abort()
 
 
 def kill_self(marker):
-    write_marker(marker)
+    with_child(marker)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
 def exit_with(marker, code):
-    write_marker(marker)
+    with_child(marker)
     os._exit(code)
 
 
@@ -168,8 +175,7 @@ def hang(marker):
 
 
 def hang_with_subprocess(marker):
-    child = subprocess.Popen(['sleep', '1000'])  # same process group as the task
-    write_marker(marker, [child.pid])
+    with_child(marker)
     time.sleep(1000)
 
 
@@ -191,6 +197,38 @@ def allocate(total, step):
         time.sleep(0.01)
     time.sleep(30)  # hold it: on a busy machine the watchdog may look late
     return len(blocks) * step
+
+
+def allocate_in_children(marker, children, size):
+    """Fork `children` processes that each touch `size` bytes and hold them,
+    so that the task's process group holds children * size bytes, and no
+    process of it more than size; say so in the marker, and wait."""
+    pids = []
+    for _ in range(children):
+        pid = os.fork()
+        if pid == 0:
+            block = b'x' * size  # written, so resident
+            time.sleep(60)
+            os._exit(len(block) == 0)
+        pids.append(pid)
+    write_marker(marker, pids)
+    time.sleep(60)
+
+
+def misbehave(path, how):
+    """Record this run (as append_effect does), then fail in one way:
+    'raise', 'crash', 'hang', 'allocate' (1 GiB, slowly) or 'unpicklable'
+    (return a generator)."""
+    append_effect(path, how, 0)
+    if how == 'raise':
+        raise ValueError('raised on purpose')
+    if how == 'crash':
+        os.abort()
+    if how == 'hang':
+        time.sleep(1000)
+    if how == 'allocate':
+        return allocate(1 << 30, 10 << 20)
+    return (number for number in range(3))
 
 
 # -- results -------------------------------------------------------------------
@@ -312,6 +350,24 @@ def append_effect(path, value, seconds):
     with open(path, 'a') as file:
         file.write(f'{os.getpid()} {start_time(os.getpid())}\n')
     time.sleep(seconds)
+    return value
+
+
+def crash_on_first_run(path, value):
+    """Record this run (as append_effect does); abort if it is the first."""
+    append_effect(path, value, 0)
+    with open(path) as file:
+        if len(file.readlines()) == 1:
+            os.abort()
+    return value
+
+
+def fail_until_exists(flag, path, value):
+    """Record this run (as append_effect does); raise ValueError unless the
+    file flag exists."""
+    append_effect(path, value, 0)
+    if not os.path.exists(flag):
+        raise ValueError(f'{flag} does not exist yet')
     return value
 
 

@@ -91,11 +91,12 @@ def meet(here, there, seconds=30):
     return os.path.basename(here)
 
 
-def schedule_pipeline(tasklist, items, bad_item):
-    """Two stages per item and a summary of them; bad_item's first stage
-    raises. Returns the names of the summary and of bad_item's second stage."""
+def check_pipeline(tasklist, bad_item, **run_options):
+    """Run two stages for each of four items and a summary of them, where
+    bad_item's first stage raises, and check what each task gets."""
+    from runforrest import DependencyFailed
     results, blocked = [], None
-    for item in items:
+    for item in range(4):
         prepared = defer(fault, 'raise') if item == bad_item else defer(prepare, item)
         tasklist.schedule(prepared)
         result = defer(dostuff, prepared[1], prepared.thing)
@@ -104,7 +105,12 @@ def schedule_pipeline(tasklist, items, bad_item):
         else:
             tasklist.schedule(result)
             results.append(result)
-    return tasklist.schedule(defer(summarize, results)), blocked
+    summary = tasklist.schedule(defer(summarize, results))
+    finished = {task.taskname: task for task in tasklist.run(nprocesses=2, **run_options)}
+    good = [item for item in range(4) if item != bad_item]
+    assert finished[summary].returnvalue == sum(item + 1 + item * 10 for item in good)
+    assert isinstance(finished[blocked].errorvalue, DependencyFailed)
+    assert len(finished) == 9
 
 
 def big_bytes(megabytes):

@@ -6,7 +6,6 @@ import concurrent.futures
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -14,21 +13,11 @@ import pytest
 import runforrest
 from runforrest import background, call, pmap_rows, proc
 
-import tasks_everyday as tasks
+import tasks
 
 numpy = pytest.importorskip('numpy')
 
-pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(autouse=True)
-def temporary_directory(tmp_path, monkeypatch):
-    """Send the temporary task lists to a directory of our own, to see
-    whether they are removed afterwards."""
-    directory = tmp_path / 'tmp'
-    directory.mkdir()
-    monkeypatch.setattr(tempfile, 'tempdir', str(directory))
-    return directory
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures('temporary_directory')]
 
 
 def wait_for(condition, timeout=30):

@@ -13,9 +13,9 @@ import pytest
 import runforrest
 from runforrest import TaskList, defer
 
-import tasks_everyday as tasks
-
-TESTS = os.path.dirname(os.path.abspath(__file__))
+import faulty
+import tasks
+from conftest import TESTS, names, task_file
 
 
 def cli(*arguments, cwd=TESTS, command=(sys.executable, '-m', 'runforrest')):
@@ -47,12 +47,6 @@ def mixed(tmp_path):
     return tasklist
 
 
-def names(tasklist, state):
-    """The names of the tasks in one state, from the files."""
-    return sorted(name[:-len('.pkl')]
-                  for name in os.listdir(os.path.join(tasklist.directory, state)))
-
-
 # -- status ---------------------------------------------------------------
 
 def test_status_counts_groups_failures_by_type_and_sums_runtime(mixed):
@@ -81,7 +75,7 @@ def test_the_console_script_and_python_m_are_the_same_tool(mixed, tmp_path):
     status = cli('status', mixed.directory, command=console_script())
     assert status.returncode == 0
     assert status.stdout == cli('status', mixed.directory).stdout
-    taskfile = os.path.join(mixed.directory, 'todo', '00000007-square.pkl')
+    taskfile = task_file(mixed.directory, 'todo', '00000007-square')
     assert cli(taskfile, tmp_path / 'out.pkl', command=console_script()).returncode == 0
     assert runforrest.read_task(tmp_path / 'out.pkl').returnvalue == 81
 
@@ -90,7 +84,7 @@ def test_status_while_a_driver_runs(tmp_path):
     signal = tmp_path / 'go'
     driver = subprocess.Popen([sys.executable, '-c', f"""
 from runforrest import TaskList, defer
-import tasks_everyday as tasks
+import tasks
 tasklist = TaskList({str(tmp_path / 'tasklist')!r})
 for x in range(2):
     tasklist.schedule(defer(tasks.step, x, wait={str(signal)!r}))
@@ -128,7 +122,7 @@ def test_run_resumes_a_list_made_by_a_script(tmp_path):
     tasklist.schedule(defer(tasks.hang))
     for task in tasklist.run(nprocesses=1):
         break  # the script stops after one task; the rest stays in todo/
-    assert len(names(tasklist, 'todo')) == 4
+    assert len(names(tasklist.directory, 'todo')) == 4
 
     started = time.monotonic()
     done = cli('run', tasklist.directory, '-n', 2, '--autokill', 2)
@@ -139,7 +133,33 @@ def test_run_resumes_a_list_made_by_a_script(tmp_path):
     assert sorted(task.returnvalue for task in tasklist.done_tasks()) == [0, 1, 4, 9]
     [hung] = tasklist.fail_tasks()
     assert isinstance(hung.errorvalue, runforrest.TaskTimeout)
-    assert names(tasklist, 'todo') == []
+    assert names(tasklist.directory, 'todo') == []
+
+
+def test_every_option_of_run(tmp_path):
+    tasklist = TaskList(tmp_path / 'tasklist')
+    retried = tasklist.schedule(defer(faulty.crash_first_time, str(tmp_path / 'crashed')))
+    greedy = tasklist.schedule(defer(faulty.allocate, 1 << 30, 10 << 20))
+    preloaded = tasklist.schedule(defer(tasks.imported_in))
+    loud = tasklist.schedule(defer(tasks.fail, 'loudly'))
+    log = tmp_path / 'run.log'
+    done = cli('run', tasklist.directory, '--nprocesses', 2, '--start-method', 'forkserver',
+               '--retries', 1, '--memory-limit', '100M', '--preload', 'tasks',
+               '--logfile', log, '--print-errors', '--progress', '--json')
+    assert done.returncode == 1, done.stderr  # two tasks failed
+    assert json.loads(done.stdout) == {'done': 2, 'fail': 2}
+    results = {task.taskname: task for task in [*tasklist.done_tasks(), *tasklist.fail_tasks()]}
+    assert results[retried].returnvalue == 'second attempt'  # --retries
+    assert isinstance(results[greedy].errorvalue, runforrest.TaskOutOfMemory)  # --memory-limit
+    assert results[greedy].errorvalue.limit == 100 << 20
+    importer, pid = results[preloaded].returnvalue
+    assert importer != pid  # --preload: the template imported tasks, not the task
+    assert '4/4' in done.stderr and 'done 2, failed 2' in done.stderr  # --progress
+    text = log.read_text()  # --logfile: the tasks' output, and what happened
+    assert 'about to fail' in text and f'fail {loud}' in text and f'done {retried}' in text
+    assert 'about to fail' not in done.stdout + done.stderr
+    # --print-errors, to the logfile as everything else
+    assert f'task {loud} failed:\nTraceback' in text and 'ValueError: loudly' in text
 
 
 # -- retry ----------------------------------------------------------------
@@ -147,26 +167,26 @@ def test_run_resumes_a_list_made_by_a_script(tmp_path):
 def test_retry_by_prefix_by_error_type_and_all(mixed):
     done = cli('retry', mixed.directory, '00000004')
     assert (done.returncode, done.stdout) == (0, '1 failed task moved back to todo/\n')
-    assert names(mixed, 'fail') == ['00000005-fail', '00000006-divide']
+    assert names(mixed.directory, 'fail') == ['00000005-fail', '00000006-divide']
 
     done = cli('retry', mixed.directory, '--error', 'ZeroDivisionError', '--json')
     assert json.loads(done.stdout) == ['00000006-divide']
 
     assert cli('retry', mixed.directory).stdout == '1 failed task moved back to todo/\n'
-    assert names(mixed, 'fail') == []
-    assert len(names(mixed, 'todo')) == 4
+    assert names(mixed.directory, 'fail') == []
+    assert len(names(mixed.directory, 'todo')) == 4
 
 
 def test_retry_by_full_name_and_several_at_once(mixed):
     done = cli('retry', mixed.directory, '00000004-fail', '00000006')
     assert done.stdout == '2 failed tasks moved back to todo/\n'
-    assert names(mixed, 'fail') == ['00000005-fail']
+    assert names(mixed.directory, 'fail') == ['00000005-fail']
 
 
 # -- show -----------------------------------------------------------------
 
 def test_show_tells_everything_about_a_failed_task(mixed):
-    by_file = cli('show', os.path.join(mixed.directory, 'fail', '00000004-fail.pkl'))
+    by_file = cli('show', task_file(mixed.directory, 'fail', '00000004-fail'))
     by_prefix = cli('show', os.path.join(mixed.directory, '00000004'))
     assert by_file.returncode == by_prefix.returncode == 0
     assert by_file.stdout == by_prefix.stdout
@@ -177,7 +197,7 @@ def test_show_tells_everything_about_a_failed_task(mixed):
     assert 'runtime   ' in text
     assert 'error     ValueError: one' in text
     traceback = text.split('traceback:\n', 1)[1]
-    assert 'tasks_everyday.py' in traceback and 'raise ValueError(message)' in traceback
+    assert 'tasks.py' in traceback and 'raise ValueError(message)' in traceback
     assert text.rstrip().endswith('00000004-fail.log):\nabout to fail')
 
 
@@ -189,6 +209,16 @@ def test_show_json(mixed):
     assert data['error'] is None and data['traceback'] is None
     assert data['runtime'] > 0
     assert data['output'] == ''
+
+
+def test_show_lines_limits_the_output_to_its_last_lines(tmp_path):
+    tasklist = TaskList(tmp_path / 'tasklist')
+    name = tasklist.schedule(defer(tasks.print_lines, 'line', 10))
+    list(tasklist.run(nprocesses=1))
+    for lines, shown in [(3, range(7, 10)), (0, range(10)), (None, range(10))]:
+        options = [] if lines is None else ['--lines', lines]  # default: 200
+        done = cli('show', os.path.join(tasklist.directory, name), *options, '--json')
+        assert json.loads(done.stdout)['output'] == '\n'.join(f'line {n}' for n in shown)
 
 
 def test_show_finds_the_tasks_module_as_the_driver_did(tmp_path):
@@ -211,18 +241,28 @@ def test_show_finds_the_tasks_module_as_the_driver_did(tmp_path):
 # -- clean ----------------------------------------------------------------
 
 def test_clean_only_the_failed_tasks(mixed):
-    failed = names(mixed, 'fail')
+    failed = names(mixed.directory, 'fail')
     outputs = os.path.join(mixed.directory, 'output')
-    for name in names(mixed, 'done'):  # as if they had printed
+    for name in names(mixed.directory, 'done'):  # as if they had printed
         with open(os.path.join(outputs, f'{name}.log'), 'w') as file:
             file.write('done\n')
     assert {f'{name}.log' for name in failed} & set(os.listdir(outputs))
     done = cli('clean', mixed.directory, '--fail')
     assert (done.returncode, done.stdout) == (0, f'removed fail tasks of {mixed.directory}\n')
-    assert names(mixed, 'fail') == []
-    assert len(names(mixed, 'done')) == 3 and len(names(mixed, 'todo')) == 1
+    assert names(mixed.directory, 'fail') == []
+    assert len(names(mixed.directory, 'done')) == 3 and len(names(mixed.directory, 'todo')) == 1
     assert sorted(os.listdir(outputs)) == \
         ['00000001-square.log', '00000002-square.log', '00000003-square.log']
+
+
+def test_clean_the_todo_then_the_done_tasks(mixed):
+    failed = names(mixed.directory, 'fail')
+    done = cli('clean', mixed.directory, '--todo')
+    assert (done.returncode, done.stdout) == (0, f'removed todo tasks of {mixed.directory}\n')
+    assert names(mixed.directory, 'todo') == [] and len(names(mixed.directory, 'done')) == 3
+    done = cli('clean', mixed.directory, '--done')
+    assert (done.returncode, done.stdout) == (0, f'removed done tasks of {mixed.directory}\n')
+    assert names(mixed.directory, 'done') == [] and names(mixed.directory, 'fail') == failed
 
 
 def test_clean_everything_removes_the_directory(mixed):
@@ -254,7 +294,7 @@ def test_retry_of_an_unknown_task_is_refused(mixed):
     done = cli('retry', mixed.directory, '00000001')  # done, not failed
     assert done.returncode != 0
     assert 'no task named 00000001' in done.stderr
-    assert names(mixed, 'done')[0] == '00000001-square'
+    assert names(mixed.directory, 'done')[0] == '00000001-square'
 
 
 # -- one task file, by hand -------------------------------------------------
@@ -265,8 +305,7 @@ def taskfile(tmp_path):
     tasklist = TaskList(tmp_path / 'tasklist')
 
     def make(fun, *args):
-        return os.path.join(tasklist.directory, 'todo',
-                            tasklist.schedule(defer(fun, *args)) + '.pkl')
+        return task_file(tasklist.directory, 'todo', tasklist.schedule(defer(fun, *args)))
     return make
 
 
@@ -298,7 +337,7 @@ def test_raise_reraises_with_the_real_traceback(taskfile, tmp_path, flag):
     done = cli(taskfile(tasks.fail, 'oops'), tmp_path / 'out.pkl', flag)
     assert done.returncode == 1
     # The task function's own frame is there, for a debugger to stop in.
-    assert 'tasks_everyday.py", line' in done.stderr and ', in fail\n' in done.stderr
+    assert 'tasks.py", line' in done.stderr and ', in fail\n' in done.stderr
     assert done.stderr.rstrip().endswith('ValueError: oops')
     assert os.path.exists(tmp_path / 'out.pkl')  # written before raising
 
@@ -346,3 +385,15 @@ def test_autokill_stops_a_hanging_task_and_records_why(taskfile, tmp_path):
     assert done.returncode == 1
     error = runforrest.read_task(tmp_path / 'out.pkl').errorvalue
     assert isinstance(error, runforrest.TaskTimeout) and error.seconds == 0.5
+
+
+def test_memory_limit_and_output_by_hand(taskfile, tmp_path):
+    log = tmp_path / 'task.log'
+    done = cli(taskfile(tasks.hold_memory, 400), tmp_path / 'out.pkl', '--memory-limit', '100M',
+               '--output', log)
+    assert done.returncode == 1, done.stderr
+    error = runforrest.read_task(tmp_path / 'out.pkl').errorvalue
+    assert isinstance(error, runforrest.TaskOutOfMemory) and error.limit == 100 << 20
+    done = cli(taskfile(tasks.fail, 'oops'), tmp_path / 'out.pkl', '--output', log)
+    assert done.returncode == 1 and done.stdout == ''
+    assert log.read_text() == 'about to fail\n'

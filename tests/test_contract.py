@@ -15,7 +15,7 @@ import pytest
 import runforrest
 from runforrest import TaskList, TaskListError, defer
 
-import tasks_core
+import tasks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -33,24 +33,24 @@ def run_script(tmp_path, body, *args, expect=0):
 SCHEDULE_ONLY = '''
 import sys
 from runforrest import TaskList, defer
-import tasks_core
+import tasks
 if sys.argv[1] == 'with':
     with TaskList('list') as tasklist:
         for value in (1, 2):
-            tasklist.schedule(defer(tasks_core.identity, value))
+            tasklist.schedule(defer(tasks.identity, value))
 else:
     tasklist = TaskList('list')
     for value in (1, 2):
-        tasklist.schedule(defer(tasks_core.identity, value))
+        tasklist.schedule(defer(tasks.identity, value))
     if sys.argv[1] == 'run':
         print(sorted(task.returnvalue for task in tasklist.run(nprocesses=2)))
 '''
 
 RESUME = '''
 from runforrest import TaskList, defer
-import tasks_core
+import tasks
 tasklist = TaskList('list', noschedule_if_exist=True)
-print(tasklist.schedule(defer(tasks_core.identity, 3)))
+print(tasklist.schedule(defer(tasks.identity, 3)))
 print(sorted(task.returnvalue for task in tasklist.run(nprocesses=2)))
 print(sorted(task.returnvalue for task in tasklist.done_tasks()))
 '''
@@ -72,10 +72,10 @@ def test_a_list_whose_script_ended_normally_is_never_emptied(tmp_path, how):
 SCHEDULING = '''
 import os, signal, sys, time
 from runforrest import TaskList, defer
-import tasks_core
+import tasks
 tasklist = TaskList('list', noschedule_if_exist=True)
 for value in range(6):
-    print(tasklist.schedule(defer(tasks_core.count_call, 'runs', value)), flush=True)
+    print(tasklist.schedule(defer(tasks.count_call, 'runs', value)), flush=True)
     if value == 3 and sys.argv[1] == 'stop':
         time.sleep(3600)  # killed here, in the middle of its scheduling
 print(sorted(task.returnvalue for task in tasklist.run(nprocesses=2)))
@@ -107,19 +107,19 @@ def test_a_script_killed_while_scheduling_is_taken_up_where_it_stopped(tmp_path)
 
 def test_taking_up_a_cut_scheduling_refuses_another_script(tmp_path):
     tasklist = TaskList(tmp_path / 'list')
-    tasklist.schedule(defer(tasks_core.identity, 1))
+    tasklist.schedule(defer(tasks.identity, 1))
     tasklist._scheduling.detach()  # as if the script was killed here
     again = TaskList(tmp_path / 'list', noschedule_if_exist=True)
     with pytest.raises(TaskListError, match='where the script scheduled 00000001-identity'):
-        again.schedule(defer(tasks_core.add_one, 1))
+        again.schedule(defer(tasks.add_one, 1))
     assert os.listdir(tmp_path / 'list' / 'todo') == ['00000001-identity.pkl']
 
 
 @pytest.mark.parametrize('load', [pickle.load, dill.load], ids=['pickle', 'dill'])
 def test_every_task_file_unpickles_to_its_task(tmp_path, load):
     tasklist = TaskList(tmp_path / 'list')
-    done = tasklist.schedule(defer(tasks_core.identity, [1, 2]), metadata={'n': 1})
-    fail = tasklist.schedule(defer(tasks_core.fail, 'no'), metadata={'n': 2})
+    done = tasklist.schedule(defer(tasks.identity, [1, 2]), metadata={'n': 1})
+    fail = tasklist.schedule(defer(tasks.fail, 'no'), metadata={'n': 2})
     lam = tasklist.schedule(defer(lambda: (lambda x: x * 3)), metadata={'n': 3})
     tasklist.flush()
     with open(tasklist._path('todo', done), 'rb') as file:
@@ -142,8 +142,8 @@ def test_every_task_file_unpickles_to_its_task(tmp_path, load):
 def test_a_list_shows_only_its_three_folders_and_tasks_in_them(tmp_path):
     tasklist = TaskList(tmp_path / 'list', logfile=str(tmp_path / 'list.log'))
     for value in range(3):
-        tasklist.schedule(defer(tasks_core.identity, value))
-    tasklist.schedule(defer(tasks_core.fail, 'no'))
+        tasklist.schedule(defer(tasks.identity, value))
+    tasklist.schedule(defer(tasks.divide, 1, 0))  # fails without a word
     list(tasklist.run(nprocesses=2, save_session=True))
     assert sorted(os.listdir(tasklist.directory)) == ['.runforrest', 'done', 'fail', 'todo']
     tasklist.schedule(defer(print, 'loud'))
@@ -161,10 +161,10 @@ def test_the_originals_typical_use(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tasklist = TaskList('x', noschedule_if_exist=True, logfile='x.log')
     for item in range(4):
-        task = defer(tasks_core.prepare, item)
-        task = defer(tasks_core.dostuff, task[1], task['thing'])
+        task = defer(tasks.prepare, item)
+        task = defer(tasks.dostuff, task[1], task['thing'])
         tasklist.schedule(task, metadata={'item': item})
-    tasklist.schedule(defer(tasks_core.fail, 'flaky'), metadata={'item': 'bad'})
+    tasklist.schedule(defer(tasks.fail, 'flaky'), metadata={'item': 'bad'})
     finished = list(tqdm(tasklist.run(nprocesses=16, autokill=600)))
     assert len(finished) == 5
     assert 'schedule' in (tmp_path / 'x.log').read_text()
@@ -192,7 +192,7 @@ def test_a_task_file_of_the_older_format_is_named_as_such(tmp_path):
 def test_the_module_file_runs_a_task_as_the_original_readme_says(tmp_path):
     # "python runforrest.py --do_raise infile outfile"
     tasklist = TaskList(tmp_path / 'list')
-    name = tasklist.schedule(defer(tasks_core.fail, 'first hand'))
+    name = tasklist.schedule(defer(tasks.fail, 'first hand'))
     tasklist.flush()
     done = subprocess.run([sys.executable, runforrest.__file__, '--do_raise',
                            tasklist._path('todo', name), str(tmp_path / 'out.pkl')],

@@ -13,16 +13,8 @@ import runforrest
 from runforrest import (NotATaskList, NotPicklable, TaskFileError, TaskList,
                         TaskListExists, TaskTimeout, defer, evaluate)
 
-import tasks_core
-
-
-@pytest.fixture
-def tasklist(tmp_path):
-    return TaskList(tmp_path / 'tasklist')
-
-
-def run_all(tasklist, **options):
-    return {task.taskname: task for task in tasklist.run(**options)}
+import tasks
+from conftest import environment, names, run_all, running_marks, task_file
 
 
 # -- the task graph ----------------------------------------------------------
@@ -44,7 +36,7 @@ def test_readme_graph_examples():
 def test_parts_nest_to_any_depth_and_calls_on_parts_are_deferred():
     task = defer(dict, a={'b': [1, {'c': 'deep'}]})
     assert evaluate(task['a']['b'][1]['c']) == 'deep'
-    resampled = defer(tasks_core.load, 44100).resample(8000)
+    resampled = defer(tasks.load, 44100).resample(8000)
     assert isinstance(resampled, runforrest.Task)
     assert evaluate(resampled.rate) == 8000
 
@@ -58,7 +50,7 @@ def test_tasks_inside_lists_tuples_and_dicts_are_evaluated():
 
 def test_a_shared_subtask_runs_once(tmp_path):
     counter = tmp_path / 'count'
-    shared = defer(tasks_core.count_call, str(counter), 5)
+    shared = defer(tasks.count_call, str(counter), 5)
     assert evaluate(defer(lambda a, b, c: a + b + c, shared, shared, [shared][0])) == 15
     assert counter.read_text() == 'x'
 
@@ -66,7 +58,7 @@ def test_a_shared_subtask_runs_once(tmp_path):
 def test_deep_chains_meet_no_recursion_limit(tmp_path):
     task = defer(0)
     for _ in range(10_000):
-        task = defer(tasks_core.add_one, task)
+        task = defer(tasks.add_one, task)
     assert evaluate(task) == 10_000
     tasklist = TaskList(tmp_path / 'deep')
     tasklist.schedule(task)
@@ -89,17 +81,17 @@ def test_defer_explains_what_is_wrong():
         defer(42, 1)
     generator = (x for x in range(3))
     with pytest.raises(NotPicklable, match='argument 0 of identity.*generator'):
-        defer(tasks_core.identity, generator)
+        defer(tasks.identity, generator)
     with pytest.raises(NotPicklable, match='argument numbers= of identity'):
-        defer(tasks_core.identity, numbers=(x for x in range(3)))
+        defer(tasks.identity, numbers=(x for x in range(3)))
 
 
 def test_tasks_compare_equal_after_the_round_trip(tasklist):
-    task = defer(tasks_core.identity, 3)
+    task = defer(tasks.identity, 3)
     tasklist.schedule(task)
     [stored] = tasklist.todo_tasks()
     assert stored == task and hash(stored) == hash(task)
-    assert stored != defer(tasks_core.identity, 3)
+    assert stored != defer(tasks.identity, 3)
     assert pickle.loads(pickle.dumps(task)) == task
 
 
@@ -137,35 +129,35 @@ def test_post_clean_removes_the_list_when_discarded(tmp_path):
 def test_noschedule_if_exist_resumes_the_remaining_tasks(tmp_path):
     first = TaskList(tmp_path / 'list', noschedule_if_exist=True)
     for value in range(3):
-        first.schedule(defer(tasks_core.identity, value))
+        first.schedule(defer(tasks.identity, value))
     first.flush()  # scheduling finished; say the machine crashes now
     assert len(list(first.todo_tasks())) == 3
     again = TaskList(tmp_path / 'list', noschedule_if_exist=True)
     for value in range(3):
-        assert again.schedule(defer(tasks_core.identity, value)) is None
+        assert again.schedule(defer(tasks.identity, value)) is None
     assert sorted(task.returnvalue for task in again.run(nprocesses=2)) == [0, 1, 2]
 
 
 def test_names_sort_in_schedule_order_and_run_starts_in_that_order(tasklist):
-    names = [tasklist.schedule(defer(tasks_core.timed, 0.01), metadata=n) for n in range(12)]
+    names = [tasklist.schedule(defer(tasks.timed, 0.01), metadata=n) for n in range(12)]
     assert names == sorted(names) and names[0] == '00000001-timed'
     assert [task.metadata for task in tasklist.run(nprocesses=1)] == list(range(12))
 
 
 def test_schedule_takes_tasks_only(tasklist):
     with pytest.raises(TypeError, match='defer'):
-        tasklist.schedule(tasks_core.identity)
+        tasklist.schedule(tasks.identity)
 
 
 SCHEDULE_TWICE = '''
-import os, sys, tasks_core
+import os, sys, tasks
 from runforrest import TaskList, defer
 assert os.path.isdir('/proc/self/fd') == (sys.argv[2] == 'with /proc')
 first = TaskList(sys.argv[1])
 second = TaskList.open(sys.argv[1])  # sees no task yet: its next name is taken by then
 for value in range(3):
     for tasklist in (first, second):
-        print(tasklist.schedule(defer(tasks_core.identity, (id(tasklist), value))))
+        print(tasklist.schedule(defer(tasks.identity, (id(tasklist), value))))
 '''
 
 
@@ -179,15 +171,14 @@ def test_two_schedulers_on_one_list_overwrite_nothing(tmp_path, proc):
             pytest.skip('hiding /proc in a mount namespace needs root')
         command = ['unshare', '--mount', '--kill-child', 'sh', '-c',
                    'mount -t tmpfs none /proc && exec "$@"', 'sh', *command]
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(tasks_core.__file__))
-    scheduled = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    scheduled = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=60)
     if proc == 'without /proc' and 'mount' in scheduled.stderr and scheduled.returncode:
         pytest.skip(f'cannot hide /proc here: {scheduled.stderr.strip()}')
     assert scheduled.returncode == 0, scheduled.stderr
-    names = scheduled.stdout.split()
-    assert len(names) == 6 and len(set(names)) == 6, names
+    scheduled_names = scheduled.stdout.split()
+    assert len(set(scheduled_names)) == len(scheduled_names) == 6, scheduled_names
     tasklist = TaskList.open(tmp_path / 'list')
-    assert sorted(os.listdir(tmp_path / 'list' / 'todo')) == sorted(f'{n}.pkl' for n in names)
+    assert names(tmp_path / 'list', 'todo') == sorted(scheduled_names)
     values = [evaluate(task) for task in tasklist.todo_tasks()]
     assert sorted(value for _, value in values) == [0, 0, 1, 1, 2, 2]
     assert len({scheduler for scheduler, _ in values}) == 2
@@ -197,7 +188,7 @@ def test_logfile_takes_output_and_diagnostics(tmp_path, capfd):
     log = tmp_path / 'log.txt'
     tasklist = TaskList(tmp_path / 'list', logfile=str(log))
     tasklist.schedule(defer(print, 'hello from the task'))
-    tasklist.schedule(defer(tasks_core.fail, 'boom'))
+    tasklist.schedule(defer(tasks.fail, 'boom'))
     run_all(tasklist, nprocesses=2)
     text = log.read_text()
     assert 'hello from the task' in text
@@ -217,10 +208,10 @@ def test_without_logfile_task_output_reaches_the_terminal(tasklist, capfd):
 
 def test_readme_loop_yields_every_task_with_its_outcome(tasklist):
     for item in range(4):
-        task = defer(tasks_core.prepare, item)
-        task = defer(tasks_core.dostuff, task[1], task['thing'])
+        task = defer(tasks.prepare, item)
+        task = defer(tasks.dostuff, task[1], task['thing'])
         tasklist.schedule(task, metadata={'item': item})
-    tasklist.schedule(defer(tasks_core.fail, 'bad item'), metadata={'item': 'bad'})
+    tasklist.schedule(defer(tasks.fail, 'bad item'), metadata={'item': 'bad'})
     run = tasklist.run(nprocesses=2)
     assert len(run) == 5
     results = {task.metadata['item']: task for task in run}
@@ -236,7 +227,7 @@ def test_readme_loop_yields_every_task_with_its_outcome(tasklist):
 @pytest.mark.parametrize('start_method', ['forkserver', 'spawn'])
 def test_each_task_gets_a_fresh_process_in_its_own_group(tasklist, start_method):
     for _ in range(4):
-        tasklist.schedule(defer(tasks_core.timed, 0.2))
+        tasklist.schedule(defer(tasks.timed, 0.2))
     results = [task.returnvalue for task in tasklist.run(nprocesses=2, start_method=start_method)]
     pids = {result['pid'] for result in results}
     assert len(pids) == 4 and os.getpid() not in pids
@@ -250,8 +241,8 @@ def test_each_task_gets_a_fresh_process_in_its_own_group(tasklist, start_method)
 def test_the_next_task_starts_while_the_loop_body_holds_a_result(tasklist, tmp_path,
                                                                  start_method):
     marker = tmp_path / 'second-ran'
-    tasklist.schedule(defer(tasks_core.identity, 1))
-    tasklist.schedule(defer(tasks_core.count_call, str(marker), 2))
+    tasklist.schedule(defer(tasks.identity, 1))
+    tasklist.schedule(defer(tasks.count_call, str(marker), 2))
     seen = []
     for task in tasklist.run(nprocesses=1, start_method=start_method):
         if not seen:  # the one slot is free: the second task runs meanwhile
@@ -264,8 +255,8 @@ def test_the_next_task_starts_while_the_loop_body_holds_a_result(tasklist, tmp_p
 
 
 def test_state_of_one_task_is_not_seen_by_the_next(tasklist):
-    tasklist.schedule(defer(setattr, tasks_core, 'leaked', 'yes'))
-    tasklist.schedule(defer(getattr, tasks_core, 'leaked', 'no'))
+    tasklist.schedule(defer(setattr, tasks, 'leaked', 'yes'))
+    tasklist.schedule(defer(getattr, tasks, 'leaked', 'no'))
     assert [task.returnvalue for task in tasklist.run(nprocesses=1)] == [None, 'no']
 
 
@@ -285,41 +276,57 @@ def test_impossible_options_are_refused(tasklist):
 
 
 def test_autokill_fails_the_task_and_says_why(tasklist):
-    tasklist.schedule(defer(tasks_core.sleep_forever))
-    tasklist.schedule(defer(tasks_core.identity, 'fine'))
+    tasklist.schedule(defer(tasks.hang))
+    tasklist.schedule(defer(tasks.identity, 'fine'))
     results = run_all(tasklist, nprocesses=2, autokill=1)
-    killed = results['00000001-sleep_forever'].errorvalue
+    killed = results['00000001-hang'].errorvalue
     assert isinstance(killed, TaskTimeout) and 'killed after 1 s' in str(killed)
     assert results['00000002-identity'].returnvalue == 'fine'
-    assert [t.taskname for t in tasklist.fail_tasks()] == ['00000001-sleep_forever']
+    assert [t.taskname for t in tasklist.fail_tasks()] == ['00000001-hang']
+
+
+def test_preloaded_modules_are_imported_once_for_all_tasks(tmp_path):
+    # tasks.imported_in() says which process imported its module first.
+    runs = {}
+    for preload in ([], ['tasks']):
+        tasklist = TaskList(tmp_path / f'preload-{preload}')
+        for _ in range(3):
+            tasklist.schedule(defer(tasks.imported_in))
+        runs[bool(preload)] = [task.returnvalue for task in
+                               tasklist.run(nprocesses=2, preload=preload)]
+    assert all(importer == pid for importer, pid in runs[False]), runs
+    importers = {importer for importer, _ in runs[True]}
+    assert len(importers) == 1 and importers.isdisjoint(pid for _, pid in runs[True]), runs
+    assert importers != {os.getpid()}, 'the driver imported it, not the template'
 
 
 def test_print_errors_prints_the_traceback_as_it_happens(tasklist, capfd):
-    tasklist.schedule(defer(tasks_core.fail, 'loudly'))
+    tasklist.schedule(defer(tasks.fail, 'loudly'))
     run_all(tasklist, nprocesses=1, print_errors=True)
     err = capfd.readouterr().err
     assert 'Traceback' in err and 'ValueError: loudly' in err and 'in fail' in err
 
 
 def test_a_failed_task_moved_back_to_todo_runs_again(tasklist):
-    tasklist.schedule(defer(tasks_core.fail, 'once'))
+    tasklist.schedule(defer(tasks.fail, 'once'))
     run_all(tasklist, nprocesses=1)
     [name] = [t.taskname for t in tasklist.fail_tasks()]
-    os.rename(tasklist._path('fail', name), tasklist._path('todo', name))
+    os.rename(task_file(tasklist.directory, 'fail', name),
+              task_file(tasklist.directory, 'todo', name))  # as the README says
     [again] = tasklist.run(nprocesses=1)
     assert again.taskname == name and str(again.errorvalue) == 'once'
 
 
 def test_clean_removes_selectively_and_leaves_the_list_usable(tasklist):
-    tasklist.schedule(defer(tasks_core.identity, 1))
-    tasklist.schedule(defer(tasks_core.fail, 'x'))
+    tasklist.schedule(defer(tasks.identity, 1))
+    tasklist.schedule(defer(tasks.fail, 'x'))
     run_all(tasklist, nprocesses=2)
-    tasklist.schedule(defer(tasks_core.identity, 2))
+    tasklist.schedule(defer(tasks.identity, 2))
     tasklist.clean(clean_todo=False, clean_done=False)
-    assert [len(list(tasklist._names(s))) for s in ('todo', 'done', 'fail')] == [1, 1, 0]
+    assert [len(names(tasklist.directory, s)) for s in ('todo', 'done', 'fail')] == [1, 1, 0]
     tasklist.clean()
     assert not os.path.exists(tasklist.directory)
-    tasklist.schedule(defer(tasks_core.identity, 3))
+    tasklist.schedule(defer(tasks.identity, 3))
     assert [task.returnvalue for task in tasklist.run(nprocesses=1)] == [3]
 
 
@@ -331,20 +338,20 @@ def test_tasks_run_with_the_drivers_directory_and_import_path(tmp_path):
     (project / 'helpers.py').write_text('def shout(text):\n    return text.upper()\n')
     (project / 'data.txt').write_text('from the working directory')
     (project / 'driver.py').write_text(textwrap.dedent('''
-        import helpers, tasks_core
+        import helpers, os, tasks
         from runforrest import TaskList, defer
         tasklist = TaskList('list')
         tasklist.schedule(defer(helpers.shout, 'next to the script'))
-        tasklist.schedule(defer(tasks_core.read_relative, 'data.txt'))
+        tasklist.schedule(defer(tasks.read_relative, 'data.txt'))
         for method in ('forkserver', 'spawn'):
             for task in tasklist.run(nprocesses=2, start_method=method):
                 print(task.returnvalue, task.errorvalue)
             tasklist.retry()
-            for name in tasklist._names('done'):
-                import os; os.replace(tasklist._path('done', name), tasklist._path('todo', name))
+            for task in tasklist.done_tasks():  # back to todo/, to run again
+                os.replace(f'list/done/{task.taskname}.pkl', f'list/todo/{task.taskname}.pkl')
     '''))
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(tasks_core.__file__))
-    done = subprocess.run([sys.executable, str(project / 'driver.py')], cwd=project, env=env,
+    done = subprocess.run([sys.executable, str(project / 'driver.py')], cwd=project,
+                          env=environment(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count('NEXT TO THE SCRIPT None') == 2
@@ -354,18 +361,17 @@ def test_tasks_run_with_the_drivers_directory_and_import_path(tmp_path):
 def test_save_session_gives_tasks_the_drivers_main_globals(tmp_path):
     script = tmp_path / 'driver.py'
     script.write_text(textwrap.dedent('''
-        import tasks_core
+        import tasks
         from runforrest import TaskList, defer
         SETTING = 'from the session'
         tasklist = TaskList('list')
-        tasklist.schedule(defer(tasks_core.main_global, 'SETTING'))
+        tasklist.schedule(defer(tasks.main_global, 'SETTING'))
         [without] = tasklist.run(nprocesses=1)
         tasklist.retry()
         [with_session] = tasklist.run(nprocesses=1, save_session=True)
         print(type(without.errorvalue).__name__, with_session.returnvalue)
     '''))
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(tasks_core.__file__))
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=environment(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split('\n')[-2] == 'AttributeError from the session'
@@ -379,9 +385,8 @@ def run_by_hand(*args):
 
 
 def test_a_task_file_runs_by_hand(tasklist, tmp_path):
-    tasklist.schedule(defer(tasks_core.dostuff, 1, 2))
-    tasklist.schedule(defer(tasks_core.fail, 'by hand'))
-    good, bad = (tasklist._path('todo', name) for name in tasklist._names('todo'))
+    good, bad = (task_file(tasklist.directory, 'todo', tasklist.schedule(task))
+                 for task in (defer(tasks.dostuff, 1, 2), defer(tasks.fail, 'by hand')))
     done = run_by_hand(good, tmp_path / 'good.pkl')
     assert done.returncode == 0
     assert runforrest.read_task(tmp_path / 'good.pkl').returnvalue == 3
@@ -403,7 +408,7 @@ def test_a_missing_task_file_is_named(tmp_path):
 
 
 def test_a_traceback_starts_at_the_tasks_own_code(tasklist):
-    tasklist.schedule(defer(tasks_core.fail, 'where'))
+    tasklist.schedule(defer(tasks.fail, 'where'))
     [task] = tasklist.run(nprocesses=1)
     assert 'runforrest.py' not in task.traceback
     assert 'in fail' in task.traceback and 'ValueError: where' in task.traceback
@@ -412,24 +417,24 @@ def test_a_traceback_starts_at_the_tasks_own_code(tasklist):
 def test_an_empty_directory_is_as_good_as_none(tmp_path):
     (tmp_path / 'empty').mkdir()
     tasklist = TaskList(tmp_path / 'empty')
-    tasklist.schedule(defer(tasks_core.identity, 1))
+    tasklist.schedule(defer(tasks.identity, 1))
     assert [task.returnvalue for task in tasklist.run(nprocesses=1)] == [1]
 
 
 def test_pmap_never_reuses_an_existing_list(tmp_path):
     TaskList(tmp_path / 'list').schedule(defer(1))
     with pytest.raises(TaskListExists):
-        list(runforrest.pmap(tasks_core.identity, [1], directory=tmp_path / 'list'))
-    assert len(TaskList.open(tmp_path / 'list')._names('todo')) == 1
+        list(runforrest.pmap(tasks.identity, [1], directory=tmp_path / 'list'))
+    assert len(list(TaskList.open(tmp_path / 'list').todo_tasks())) == 1
 
 
 def test_breaking_out_leaves_no_marks_of_running_tasks(tasklist):
-    tasklist.schedule(defer(tasks_core.identity, 1))
-    tasklist.schedule(defer(tasks_core.sleep_forever))
+    tasklist.schedule(defer(tasks.identity, 1))
+    tasklist.schedule(defer(tasks.hang))
     for task in tasklist.run(nprocesses=2):
         break
-    assert tasklist._names('running') == []
-    assert tasklist._names('todo') == ['00000002-sleep_forever']
+    assert running_marks(tasklist.directory) == []
+    assert names(tasklist.directory, 'todo') == ['00000002-hang']
 
 
 def test_a_task_scheduled_from_the_loop_body_joins_the_run(tasklist):

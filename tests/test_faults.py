@@ -14,11 +14,12 @@ Covered:
   arguments) arrives as UnpicklableException with type name, message and
   traceback; one that holds a lock keeps its type name.
 - a task segfaults, aborts, SIGKILLs itself (TaskCrashed naming the signal),
-  calls os._exit(3) (exit code 3), closes its stdout and stderr (still done),
+  calls os._exit(3) (exit code 3), each with a child that must die too; closes its stdout and stderr (still done),
   writes junk to every descriptor it has (still done, the run goes on).
 - a task hangs, alone, with a `sleep 1000` child, with a multiprocessing
   child: autokill kills the whole group, TaskTimeout says so.
-- a task uses too much memory: memory_limit kills it, TaskOutOfMemory.
+- a task uses too much memory, alone or with children that each stay under
+  the limit: memory_limit kills its group, TaskOutOfMemory.
 - a task returns an unpicklable object (generator, socket): UnpicklableResult.
 - a task returns 300 MB: it arrives intact, and the driver's peak memory
   grows by about one copy (driver in a subprocess).
@@ -31,28 +32,26 @@ Covered:
   is room for it but not for its lifeline thread still runs once room comes.
   Tasks see OMP_NUM_THREADS=1 etc. unless the user set them.
 - retries=1: a task that crashes once ends in done/, one that always
-  crashes ends in fail/ after two attempts.
-- the driver is SIGKILLed at random points of scheduling, starting and
-  recording; the next run finishes every scheduled task exactly once, and
-  re-runs only the tasks that were in flight. A SIGKILLed driver's task
-  processes die with it (the lifeline).
+  crashes ends in fail/ after two attempts; retries repeat crashes, timeouts
+  and memory kills, not a task's own exception or an unpicklable result.
+- a SIGKILLed driver's task processes die with it (the lifeline); where
+  exactly the driver may die, and what the next run then does, is
+  test_crashpoints.py's business.
 - Ctrl-C, an exception in the loop body, `break`: running tasks are killed
   at once and stay in todo/, results in done/ stay intact.
 - a kill in the middle of writing a result leaves only a hidden .tmp file,
   which the next run removes.
 - garbage, empty, truncated and unloadable files in todo/ fail that task
-  alone with TaskFileError; done_tasks()/fail_tasks() raise on, or skip with
+  alone with TaskFileError, their bytes kept in fail/; done_tasks()/fail_tasks() raise on, or skip with
   a warning, a damaged file.
 - a second driver on the same list gets TaskListBusy.
-- the disk fills up while a task writes its result (a 2 MB tmpfs).
+- the disk fills up (a 2 MB tmpfs): a result that does not fit fails its task,
+  and a disk too full to record even that stops the run.
 """
 
-import fcntl
-import glob
+import errno
 import json
 import os
-import pickle
-import random
 import resource
 import shutil
 import signal
@@ -68,64 +67,19 @@ from runforrest import (TaskCrashed, TaskFileError, TaskList, TaskListBusy,
                         TaskOutOfMemory, TaskTimeout, UnpicklableException,
                         UnpicklableResult, defer)
 
-try:
-    import faulty
-except ImportError:  # tests/ became a package: pytest put its parent on sys.path
-    from tests import faulty
+import faulty
+from conftest import (DEADLINE, PROMPTLY, children_of, collect_file, driver_is_gone,
+                      environment, is_alive, kill, layout, names, session_members, stat_fields,
+                      stray_files, task_file, wait_for, wait_gone)
 
 
 START_METHODS = ['forkserver', 'spawn']
-DEADLINE = 30   # seconds: the longest any single wait may take
-PROMPTLY = 10   # seconds: "killed at once", with room for a busy machine
 MiB = 1 << 20
 
 
 # ---------------------------------------------------------------------------
-# Helpers: waiting, processes, directories
+# Helpers: markers, drivers in subprocesses
 # ---------------------------------------------------------------------------
-
-def wait_for(condition, what, timeout=DEADLINE, interval=0.02):
-    """Poll condition() until it returns something true, and return that;
-    fail with a message naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f'timed out after {timeout} s waiting for {what}')
-        time.sleep(interval)
-
-
-def _stat(pid):
-    """Fields of /proc/PID/stat after the command name, or None."""
-    try:
-        with open(f'/proc/{pid}/stat', 'rb') as file:
-            return file.read().rpartition(b')')[2].split()
-    except OSError:
-        return None
-
-
-def is_alive(pid, started=None):
-    """Whether the process runs; a zombie is dead, and so is a process whose
-    start time differs from `started` (its pid was reused)."""
-    fields = _stat(pid)
-    if fields is None or fields[0] == b'Z':
-        return False
-    return started is None or int(fields[19]) == started
-
-
-def session_members(sid):
-    """Live processes of the session sid (the processes a driver started
-    with start_new_session=True, and all their descendants, left)."""
-    members = []
-    for entry in os.listdir('/proc'):
-        if entry.isdigit():
-            fields = _stat(entry)
-            if fields and fields[0] != b'Z' and int(fields[3]) == sid:
-                members.append(int(entry))
-    return members
-
 
 def read_marker(path):
     with open(path) as file:
@@ -141,38 +95,6 @@ def marker_processes(path):
     return [tuple(process) for process in read_marker(path)['processes']]
 
 
-def wait_gone(processes, what, timeout=PROMPTLY):
-    processes = list(processes)
-    wait_for(lambda: not any(is_alive(pid, started) for pid, started in processes),
-             f'{what} to end (still alive: '
-             f'{[pid for pid, started in processes if is_alive(pid, started)]})',
-             timeout=timeout)
-
-
-def folder(directory, state):
-    """Where a list keeps a state's files: collect/ is the driver's own."""
-    return os.path.join(directory, '.runforrest' if state == 'collect' else '', state)
-
-
-def names(directory, state):
-    """Visible task names in DIR/state, sorted."""
-    path = folder(directory, state)
-    if not os.path.isdir(path):
-        return []
-    return sorted(entry[:-4] for entry in os.listdir(path)
-                  if entry.endswith('.pkl') and not entry.startswith('.'))
-
-
-def hidden_files(directory):
-    return sorted(os.path.relpath(path, directory)
-                  for state in ('todo', 'done', 'fail', 'collect', 'output')
-                  for path in glob.glob(os.path.join(folder(directory, state), '.*')))
-
-
-def layout(directory):
-    return {state: names(directory, state) for state in ('todo', 'done', 'fail', 'collect')}
-
-
 class Processes:
     """What a test started that might outlive it: drivers in subprocesses
     (each in a session of its own) and task processes known by markers.
@@ -186,7 +108,7 @@ class Processes:
         with open(output, 'wb') as out:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
                                        stderr=subprocess.STDOUT, start_new_session=True,
-                                       env=driver_environment(), **options)
+                                       env=environment(), **options)
         self.drivers.append(process)
         return process
 
@@ -197,21 +119,14 @@ class Processes:
     def cleanup(self):
         for driver in self.drivers:
             for pid in session_members(driver.pid):
-                _kill(pid)
+                kill(pid)
             driver.kill()
             driver.wait()
         for marker in self.markers:
             if os.path.exists(marker):
                 for pid, started in marker_processes(marker):
                     if is_alive(pid, started):
-                        _kill(pid)
-
-
-def _kill(pid):
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+                        kill(pid)
 
 
 @pytest.fixture
@@ -221,21 +136,10 @@ def processes():
     tracker.cleanup()
 
 
-@pytest.fixture
-def tasklist(tmp_path):
-    return TaskList(tmp_path / 'tasks')
-
-
-def driver_environment():
-    # The driver subprocess imports runforrest and faulty as this process does.
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, sys.path)),
-                FAULTY_MODULE=faulty.__name__)
-
-
 DRIVER_PRELUDE = '''\
-import importlib, json, os, resource, sys, time
+import json, os, resource, sys, time
+import faulty
 from runforrest import TaskList, defer
-faulty = importlib.import_module(os.environ['FAULTY_MODULE'])
 
 def say(*words):
     print(*words, flush=True)
@@ -306,7 +210,7 @@ def run_batch(tasklist, faulty_task, start_method='forkserver', expect='fail', *
     else:
         stored_bad = stored[bad]
     assert stored_bad.taskname == bad
-    assert hidden_files(tasklist.directory) == []
+    assert stray_files(tasklist.directory) == []
     return yielded[bad], stored_bad
 
 
@@ -371,7 +275,9 @@ def test_crash_by_signal_names_the_signal(tasklist, tmp_path, processes, start_m
         assert isinstance(version.errorvalue, TaskCrashed), repr(version.errorvalue)
         assert version.errorvalue.signal == signal_name
         assert signal_name in str(version.errorvalue)
-    wait_gone(marker_processes(marker), 'the crashed task')
+    tree = marker_processes(marker)
+    assert len(tree) == 2, tree
+    wait_gone(tree, 'the crashed task and its child')
 
 
 @pytest.mark.parametrize('start_method', START_METHODS)
@@ -383,7 +289,9 @@ def test_exit_code_is_recorded(tasklist, tmp_path, processes, start_method):
         assert version.errorvalue.exitcode == 3
         assert version.errorvalue.signal is None
         assert 'code 3' in str(version.errorvalue)
-    wait_gone(marker_processes(marker), 'the exited task')
+    tree = marker_processes(marker)
+    assert len(tree) == 2, tree
+    wait_gone(tree, 'the exited task and its child')
 
 
 @pytest.mark.parametrize('start_method', START_METHODS)
@@ -441,6 +349,20 @@ def test_task_over_the_memory_limit_is_killed(tasklist, start_method):
         assert 200 * MiB < error.used < (1 << 30) + 200 * MiB
         assert 'memory_limit' in str(error)
         assert version.returnvalue is None
+
+
+def test_the_memory_limit_counts_the_whole_process_group(tasklist, tmp_path, processes):
+    # Three children of 100 MiB each: none is over the limit of 200 MiB, together they are.
+    marker = processes.watch(str(tmp_path / 'marker.json'))
+    task, stored = run_batch(tasklist, defer(faulty.allocate_in_children, marker, 3, 100 * MiB),
+                             memory_limit='200M')
+    for version in (task, stored):
+        error = version.errorvalue
+        assert isinstance(error, TaskOutOfMemory), repr(error)
+        assert 200 * MiB < error.used, error
+    tree = marker_processes(marker)
+    assert len(tree) == 4, tree
+    wait_gone(tree, 'the task and its children over the limit')
 
 
 # -- results ------------------------------------------------------------------
@@ -693,127 +615,27 @@ def test_retries_rerun_crashed_tasks(tasklist, tmp_path, start_method):
                                           'fail': [always], 'collect': []}
 
 
+@pytest.mark.parametrize('how, options, error_type, runs', [
+    ('raise', {}, ValueError, 1),  # the task's own exception: it would raise again
+    ('unpicklable', {}, UnpicklableResult, 1),  # so would its result
+    ('crash', {}, TaskCrashed, 3),
+    ('hang', {'autokill': 1}, TaskTimeout, 3),
+    ('allocate', {'memory_limit': '100M'}, TaskOutOfMemory, 3),
+])
+def test_retries_repeat_crashes_and_kills_not_a_tasks_own_errors(tasklist, tmp_path, how,
+                                                                 options, error_type, runs):
+    effects = tmp_path / 'runs'
+    name = tasklist.schedule(defer(faulty.misbehave, str(effects), how))
+    [task] = tasklist.run(nprocesses=1, retries=2, **options)
+    assert (task.taskname, type(task.errorvalue)) == (name, error_type), repr(task.errorvalue)
+    assert len(effects.read_text().splitlines()) == runs
+    assert layout(tasklist.directory) == {'todo': [], 'done': [], 'fail': [name],
+                                          'collect': []}
+
+
 # ---------------------------------------------------------------------------
 # The driver dies, or leaves early
 # ---------------------------------------------------------------------------
-
-KILLED_DRIVER = '''
-    directory, effects, count, method = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    tasklist = TaskList(directory)
-    for index in range(count):
-        tasklist.schedule(defer(faulty.append_effect, os.path.join(effects, str(index)),
-                                index, 0.05), metadata=index)
-    say('scheduled')
-    for task in tasklist.run(nprocesses=2, start_method=method):
-        say('yielded', task.taskname)
-    say('finished')
-'''
-
-
-def effect_counts(effects, count):
-    counts = {}
-    for index in range(count):
-        path = os.path.join(effects, str(index))
-        counts[index] = len(driver_lines(path))
-    return counts
-
-
-def effect_processes(effects):
-    processes = []
-    for path in glob.glob(os.path.join(effects, '*')):
-        for line in driver_lines(path):
-            pid, started = line.split()
-            processes.append((int(pid), int(started)))
-    return processes
-
-
-def index_of(name):
-    return int(name.partition('-')[0]) - 1
-
-
-def test_driver_killed_at_random_points_loses_and_repeats_nothing(tmp_path, processes):
-    count, nprocesses = 8, 2
-    script = write_driver(tmp_path, KILLED_DRIVER)
-    rng = random.Random(20240611)
-
-    def start(directory, effects, method):
-        os.makedirs(effects)
-        return processes.driver([sys.executable, script, directory, effects, str(count),
-                                 method], tmp_path / f'{os.path.basename(directory)}.out')
-
-    # A run that is not killed, to learn how long a whole run takes here.
-    began = time.monotonic()
-    calibration = start(str(tmp_path / 'whole'), str(tmp_path / 'whole-effects'), 'forkserver')
-    lines = finish(calibration, tmp_path / 'whole.out')
-    whole = time.monotonic() - began
-    assert 'finished' in lines, '\n'.join(lines)
-    assert effect_counts(tmp_path / 'whole-effects', count) == dict.fromkeys(range(count), 1)
-
-    seen_states = []
-    for iteration in range(20):
-        directory = str(tmp_path / f'list{iteration}')
-        effects = str(tmp_path / f'effects{iteration}')
-        output = tmp_path / f'list{iteration}.out'
-        driver = start(directory, effects, START_METHODS[iteration % 2])
-        # The kill time is random by design (not a synchronisation).
-        time.sleep(rng.uniform(0, whole))
-        driver.kill()
-        driver.wait()
-        context = f'iteration {iteration}, driver output {driver_lines(output)}'
-        wait_for(lambda: not session_members(driver.pid),
-                 f'the killed driver\'s processes to end ({context})', timeout=PROMPTLY)
-        wait_gone(effect_processes(effects), f'tasks of the killed driver ({context})')
-
-        # Where the kill left things.
-        before = layout(directory)
-        counts_before = effect_counts(effects, count)
-        if not os.path.isdir(os.path.join(directory, 'todo')):
-            assert sum(counts_before.values()) == 0, context
-            seen_states.append('no list')
-            continue
-        scheduled = sorted(set().union(*before.values()))
-        # Names are consecutive from the first; all are there once 'scheduled' was said.
-        assert [index_of(name) for name in scheduled] == list(range(len(scheduled))), context
-        if 'scheduled' in driver_lines(output):
-            assert len(scheduled) == count, context
-        # A task leaves todo/ only after its result is filed and synced, so
-        # todo/ may share a name with collect/, done/ or fail/; no other two may.
-        for first, second in [('done', 'fail'), ('done', 'collect'), ('fail', 'collect')]:
-            assert not set(before[first]) & set(before[second]), (first, second, context)
-        assert before['fail'] == [], context
-        seen_states.append(f'{len(scheduled)} scheduled, {len(before["done"])} done, '
-                           f'{len(before["collect"])} collected')
-
-        # The next run finishes the list.
-        yielded = [task for task in TaskList.open(directory).run(nprocesses=nprocesses)]
-        yielded_names = [task.taskname for task in yielded]
-        assert sorted(yielded_names) == sorted(set(scheduled) - set(before['done'])), context
-        for task in yielded:
-            assert task.errorvalue is None, (task.taskname, task.errorvalue, context)
-            assert task.returnvalue == index_of(task.taskname)
-        after = layout(directory)
-        assert after == {'todo': [], 'done': scheduled, 'fail': [], 'collect': []}, context
-        assert hidden_files(directory) == [], context
-        stored = {task.taskname: task.returnvalue for task in TaskList.open(directory).done_tasks()}
-        assert stored == {name: index_of(name) for name in scheduled}, context
-
-        # Side effects: every task ran; a task ran again only if it was in
-        # flight (in todo/ with an effect) when the driver died.
-        counts_after = effect_counts(effects, count)
-        in_flight = 0
-        for name in scheduled:
-            index = index_of(name)
-            if name in before['done'] or name in before['collect']:
-                assert counts_after[index] == counts_before[index] == 1, (name, context)
-            else:
-                assert counts_before[index] in (0, 1), (name, context)
-                assert counts_after[index] == counts_before[index] + 1, (name, context)
-                in_flight += counts_before[index]
-        assert in_flight <= nprocesses, context
-        for index in range(len(scheduled), count):
-            assert counts_after[index] == 0, context
-    print('states at the kills:', seen_states)
-
 
 @pytest.mark.parametrize('start_method', START_METHODS)
 def test_task_processes_die_with_a_killed_driver(tmp_path, processes, start_method):
@@ -854,7 +676,7 @@ def test_task_processes_die_with_a_killed_forkserver_template(tmp_path, processe
     wait_marker(marker)
     tree = marker_processes(marker)
     [template] = [pid for pid in session_members(driver.pid)
-                  if int(_stat(str(pid))[1]) == driver.pid and
+                  if int(stat_fields(pid)[1]) == driver.pid and
                   b'--forkserver' in open(f'/proc/{pid}/cmdline', 'rb').read()]
     os.kill(template, signal.SIGKILL)
     lines = finish(driver, output)
@@ -866,10 +688,6 @@ def test_task_processes_die_with_a_killed_forkserver_template(tmp_path, processe
     wait_for(lambda: not session_members(driver.pid),
              "every process of the run, the template's standbys too, to end", timeout=PROMPTLY)
 
-
-def children_of(parent):
-    return [int(entry) for entry in os.listdir('/proc') if entry.isdigit()
-            and (fields := _stat(entry)) and fields[0] != b'Z' and int(fields[1]) == parent]
 
 
 def test_standbys_killed_from_outside_do_not_stall_a_run(tasklist):
@@ -885,7 +703,7 @@ def test_standbys_killed_from_outside_do_not_stall_a_run(tasklist):
             killed = wait_for(lambda: len(children_of(template)) >= 2 and children_of(template),
                               "the template's standby and the next task")
             for pid in killed:
-                _kill(pid)
+                kill(pid)
     assert sorted(task.returnvalue for task in tasklist.done_tasks()) == [0, 2, 4, 6]
     assert layout(tasklist.directory)['todo'] == []
 
@@ -906,9 +724,8 @@ def _check_left_early(directory, quick, markers, hanging):
                                  'fail': [], 'collect': []}
     stored = {task.taskname: task.returnvalue for task in TaskList.open(directory).done_tasks()}
     assert stored == quick
-    assert hidden_files(directory) == []
-    with open(os.path.join(directory, '.runforrest', 'driver.lock')) as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still held
+    assert stray_files(directory) == []
+    assert driver_is_gone(directory)
 
 
 @pytest.mark.parametrize('start_method', START_METHODS)
@@ -981,7 +798,8 @@ def assert_visible_files_readable(directory):
     """Every visible file of the list loads whole."""
     for state in ('todo', 'done', 'fail', 'collect'):
         for name in names(directory, state):
-            runforrest.read_task(os.path.join(directory, state, f'{name}.pkl'))
+            runforrest.read_task(collect_file(directory, name) if state == 'collect'
+                                 else task_file(directory, state, name))
 
 
 @pytest.mark.parametrize('victim', ['driver', 'task'])
@@ -1009,7 +827,8 @@ def test_kill_while_writing_a_result_leaves_only_a_hidden_temporary(tmp_path, pr
     wait_for(lambda: len(names(directory, 'done')) == 2, 'the healthy tasks to finish')
     [slow] = [line.split()[1] for line in driver_lines(output) if line.startswith('slow ')]
     # Mid-write: the result exists only as a hidden temporary file.
-    temporaries = glob.glob(str(directory / '.runforrest' / 'collect' / f'.{slow}.pkl.tmp'))
+    temporaries = [os.path.join(directory, path) for path in stray_files(directory)
+                   if slow in path]
     assert len(temporaries) == 1 and os.path.getsize(temporaries[0]) > 20 * MiB
     assert names(directory, 'collect') == [] and slow in names(directory, 'todo')
     assert slow not in names(directory, 'done') + names(directory, 'fail')
@@ -1039,7 +858,7 @@ def test_kill_while_writing_a_result_leaves_only_a_hidden_temporary(tmp_path, pr
         assert_visible_files_readable(directory)
         # Nothing left to run, but the next run tidies the stale temporary away.
         assert list(TaskList.open(directory).run()) == []
-    assert hidden_files(directory) == []
+    assert stray_files(directory) == []
     assert len(names(directory, 'done')) == (3 if victim == 'driver' else 2)
 
 
@@ -1051,24 +870,24 @@ def _damage_records(tasklist):
     damaged = {}
     # A file that is not a pickle at all.
     name = '00000010-garbage'
-    with open(os.path.join(directory, 'todo', f'{name}.pkl'), 'wb') as file:
+    with open(task_file(directory, 'todo', name), 'wb') as file:
         file.write(b'this is not a task file\n' * 20)
     damaged[name] = 'garbage'
     # An empty file.
     name = '00000011-empty'
-    open(os.path.join(directory, 'todo', f'{name}.pkl'), 'wb').close()
+    open(task_file(directory, 'todo', name), 'wb').close()
     damaged[name] = 'empty'
     # A good task file cut short, as a crash while copying it would.
     name = tasklist.schedule(defer(faulty.double, 5))
-    path = os.path.join(directory, 'todo', f'{name}.pkl')
+    path = task_file(directory, 'todo', name)
     os.truncate(path, os.path.getsize(path) - 20)
     damaged[name] = 'truncated'
     # A good task file whose function's module no longer exists.
     name = tasklist.schedule(defer(faulty.double, 6))
-    path = os.path.join(directory, 'todo', f'{name}.pkl')
+    path = task_file(directory, 'todo', name)
     with open(path, 'rb') as file:
         data = file.read()
-    module = faulty.__name__.rpartition('.')[2].encode()
+    module = faulty.__name__.encode()
     missing = b'z' * len(module)  # same length: the pickle's sizes stay right
     assert data.count(module) >= 1
     with open(path, 'wb') as file:
@@ -1081,6 +900,10 @@ def _damage_records(tasklist):
 @pytest.mark.parametrize('start_method', START_METHODS)
 def test_damaged_todo_files_fail_alone_with_task_file_error(tasklist, start_method):
     healthy, damaged = _damage_records(tasklist)
+    damaged_bytes = {}
+    for name in damaged:
+        with open(task_file(tasklist.directory, 'todo', name), 'rb') as file:
+            damaged_bytes[name] = file.read()
     results = {task.taskname: task for task in
                tasklist.run(nprocesses=2, start_method=start_method)}
     assert sorted(results) == sorted([*healthy, *damaged])
@@ -1101,6 +924,13 @@ def test_damaged_todo_files_fail_alone_with_task_file_error(tasklist, start_meth
     failed = {task.taskname: task.errorvalue for task in tasklist.fail_tasks()}
     assert sorted(failed) == sorted(damaged)
     assert all(isinstance(error, TaskFileError) for error in failed.values()), failed
+    # ... with the damaged bytes, as they were, for a human to look at: the
+    # whole file if it is no task file, else the task that cannot be loaded.
+    for name, data in damaged_bytes.items():
+        if damaged[name] == 'unloadable':
+            data = data[data.index(b'z' * len(faulty.__name__)):][:40]
+        with open(task_file(tasklist.directory, 'fail', name), 'rb') as file:
+            assert data in file.read(), f'the bytes of the {damaged[name]} file are gone'
 
 
 @pytest.mark.parametrize('state', ['done', 'fail'])
@@ -1108,20 +938,22 @@ def test_reading_a_damaged_result_file_names_it_or_skips_it(tasklist, state):
     good = tasklist.schedule(defer(faulty.double, 1))
     bad = tasklist.schedule(defer(faulty.raise_value_error, 'no'))
     list(tasklist.run(nprocesses=2))
-    # A copy of a real result file, cut in the middle.
-    source = os.path.join(tasklist.directory, state, f'{good if state == "done" else bad}.pkl')
-    broken = os.path.join(tasklist.directory, state, '00000009-broken.pkl')
-    with open(source, 'rb') as file:
+    # Copies of a real result file, cut short at a quarter, half and three
+    # quarters of its length, as a copy interrupted by a crash would be.
+    with open(task_file(tasklist.directory, state, good if state == 'done' else bad),
+              'rb') as file:
         data = file.read()
-    with open(broken, 'wb') as file:
-        file.write(data[:len(data) // 2])
+    broken = task_file(tasklist.directory, state, '00000009-broken')
     read = tasklist.done_tasks if state == 'done' else tasklist.fail_tasks
-    with pytest.raises(TaskFileError) as info:
-        list(read())
-    assert info.value.path == broken and '00000009-broken' in str(info.value)
-    with pytest.warns(UserWarning, match='00000009-broken'):
-        tasks = list(read(skip_damaged=True))
-    assert [task.taskname for task in tasks] == [good if state == 'done' else bad]
+    for quarters in (1, 2, 3):
+        with open(broken, 'wb') as file:
+            file.write(data[:len(data) * quarters // 4])
+        with pytest.raises(TaskFileError) as info:
+            list(read())
+        assert info.value.path == broken and '00000009-broken' in str(info.value), quarters
+        with pytest.warns(UserWarning, match='00000009-broken'):
+            tasks = list(read(skip_damaged=True))
+        assert [task.taskname for task in tasks] == [good if state == 'done' else bad]
 
 
 def test_second_driver_on_the_same_list_is_refused(tmp_path, processes):
@@ -1168,37 +1000,44 @@ def small_disk(tmp_path):
             subprocess.run(['umount', '-l', str(mountpoint)])
 
 
-def test_full_disk_while_writing_a_result_loses_nothing(small_disk, tmp_path):
+def test_a_result_that_does_not_fit_on_the_disk_fails_its_task_and_the_run_goes_on(
+        small_disk, tmp_path):
     tasklist = TaskList(small_disk / 'tasks')
     first = {tasklist.schedule(defer(faulty.double, x)): 2 * x for x in (1, 2)}
     big = tasklist.schedule(defer(faulty.big_result, 5 * MiB, 3, str(tmp_path / 'digest')))
     rest = {tasklist.schedule(defer(faulty.double, x)): 2 * x for x in (3, 4)}
-    results, raised = {}, None
-    try:
-        for task in tasklist.run(nprocesses=1):
-            results[task.taskname] = task
-    except (OSError, runforrest.RunforrestError) as error:
-        raised = error
-    directory = tasklist.directory
-    if raised is not None:
-        # The run may stop, if it says why...
-        assert 'No space left' in str(raised) or getattr(raised, 'errno', None) == 28, raised
-    else:
-        # ... or go on, with the big task failed for a reason that says so:
-        # the disk is full; the result itself was fine (bytes pickle).
-        error = results[big].errorvalue
-        assert error is not None and ('No space left' in str(error)
-                                      or getattr(error, 'errno', None) == 28), repr(error)
-        assert not isinstance(error, UnpicklableResult), \
-            f'a full disk is reported as an unpicklable result: {error!r}'
-        assert names(directory, 'fail') == [big]
-        assert all(results[name].returnvalue == value for name, value in rest.items())
-    # Nothing stored before is lost: every task is somewhere, results intact.
-    everywhere = [name for state in ('todo', 'done', 'fail') for name in names(directory, state)]
-    assert sorted(everywhere) == sorted([*first, big, *rest])
-    stored = {task.taskname: task.returnvalue for task in tasklist.done_tasks()}
-    expected = {**first, **rest}
-    assert {name: value for name, value in stored.items()} == \
-        {name: expected[name] for name in stored}
-    assert set(first) <= set(stored)
-    assert hidden_files(directory) == []
+    results = {task.taskname: task for task in tasklist.run(nprocesses=1)}
+    # As the README says: the task fails with an OSError that says so, and names the file.
+    error = results[big].errorvalue
+    assert type(error) is OSError and error.errno == errno.ENOSPC, repr(error)
+    assert 'No space left on device' in str(error) and big in str(error), str(error)
+    assert {name: results[name].returnvalue for name in [*first, *rest]} == {**first, **rest}
+    assert layout(tasklist.directory) == {'todo': [], 'done': sorted([*first, *rest]),
+                                          'fail': [big], 'collect': []}
+    assert stray_files(tasklist.directory) == []
+
+
+def test_a_disk_too_full_to_record_anything_stops_the_run_and_keeps_the_tasks(small_disk):
+    tasklist = TaskList(small_disk / 'tasks')
+    first = {tasklist.schedule(defer(faulty.double, x)): 2 * x for x in (1, 2)}
+    assert len(list(tasklist.run(nprocesses=1))) == 2
+    todo = [tasklist.schedule(defer(faulty.double, x)) for x in (3, 4)]
+    tasklist.flush()
+    ballast = os.open(small_disk / 'ballast', os.O_WRONLY | os.O_CREAT)
+    with pytest.raises(OSError) as filling:
+        while True:
+            os.write(ballast, b'x' * 4096)
+    os.close(ballast)
+    assert filling.value.errno == errno.ENOSPC
+    # As the README says: the run stops with an OSError that says so ...
+    with pytest.raises(OSError) as stopped:
+        list(tasklist.run(nprocesses=1))
+    assert stopped.value.errno == errno.ENOSPC, repr(stopped.value)
+    assert 'No space left on device' in str(stopped.value)
+    # ... and everything stored before stays as it was; the tasks wait in todo/.
+    assert layout(tasklist.directory) == {'todo': sorted(todo), 'done': sorted(first),
+                                          'fail': [], 'collect': []}
+    assert {task.taskname: task.returnvalue for task in tasklist.done_tasks()} == first
+    os.unlink(small_disk / 'ballast')
+    assert sorted(task.returnvalue for task in tasklist.run(nprocesses=1)) == [6, 8]
+    assert stray_files(tasklist.directory) == []

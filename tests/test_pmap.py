@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import traceback
 
@@ -15,19 +14,9 @@ import pytest
 import runforrest
 from runforrest import pmap
 
-import tasks_everyday as tasks
+import tasks
 
-pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(autouse=True)
-def temporary_directory(tmp_path, monkeypatch):
-    """Send pmap's temporary task lists to a directory of our own, to see
-    whether they are removed afterwards."""
-    directory = tmp_path / 'tmp'
-    directory.mkdir()
-    monkeypatch.setattr(tempfile, 'tempdir', str(directory))
-    return directory
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures('temporary_directory')]
 
 
 def test_results_keep_the_order_of_the_items(tmp_path):
@@ -84,7 +73,7 @@ def test_raise_raises_the_first_error_in_input_order(tmp_path):
         list(pmap(tasks.step, items, nprocesses=2, kwstar=True))
     cause = str(raised.value.__cause__)
     assert 'Traceback (most recent call last)' in cause
-    assert 'tasks_everyday.py' in cause and 'raise result' in cause
+    assert 'tasks.py' in cause and 'raise result' in cause
     assert raised.value.item_index == 0
     assert raised.value.__notes__ == ['(raised by pmap item 0)']
 
@@ -293,8 +282,8 @@ STREAM = '''
 import itertools, sys
 sys.path.insert(0, sys.argv[1])
 from runforrest import pmap
-import tasks_everyday
-for result in pmap(tasks_everyday.square, itertools.count(), nprocesses=2):
+import tasks
+for result in pmap(tasks.square, itertools.count(), nprocesses=2):
     print(result, flush=True)
 '''
 

@@ -13,13 +13,12 @@ import time
 import pytest
 from tqdm import tqdm
 
-from runforrest import TaskList, defer
+from runforrest import defer
 
-import tasks_everyday as tasks
+import tasks
+from conftest import TESTS
 
 pytestmark = pytest.mark.timeout(60)
-
-TESTS = os.path.dirname(os.path.abspath(__file__))
 
 # A driver that runs three tasks, one of which fails, with progress=True;
 # with `block_tqdm`, as if tqdm was not installed.
@@ -28,7 +27,7 @@ import sys
 if {block_tqdm}:
     sys.modules['tqdm'] = None  # `import tqdm` now raises ImportError
 from runforrest import TaskList, defer
-import tasks_everyday as tasks
+import tasks
 tasklist = TaskList({directory!r})
 for x in range(3):
     tasklist.schedule(defer(tasks.divide, 1, x))
@@ -41,11 +40,6 @@ def drive(tmp_path, block_tqdm, stderr=subprocess.PIPE):
     code = DRIVER.format(block_tqdm=block_tqdm, directory=str(tmp_path / 'tasklist'))
     return subprocess.Popen([sys.executable, '-c', code], cwd=TESTS,
                             stdout=subprocess.PIPE, stderr=stderr, text=True)
-
-
-@pytest.fixture
-def tasklist(tmp_path):
-    return TaskList(tmp_path / 'tasklist')
 
 
 def test_progress_through_tqdm(tasklist, capsys):
