@@ -1,11 +1,14 @@
-"""Task functions for bench.py.
+"""Task functions for bench.py and pipelines.py.
 
 They live in an importable module, not in __main__, so that every runner
-pickles them by reference, as real tasks are. Each takes an int and returns
-something whose size (the int itself, or len() of bytes) equals it, so that
-the harness can check every result without keeping them.
+pickles them by reference, as real tasks are. Each of bench.py's takes an
+int and returns something whose size (the int itself, or len() of bytes)
+equals it, so that the harness can check every result without keeping them.
 """
 
+import os
+import pickle
+import signal
 import time
 
 
@@ -29,3 +32,45 @@ def spin(iterations):
 def blob(nbytes):
     # Cheap to make, so that the time measured is that of moving the result.
     return b'x' * nbytes
+
+
+# Stages of the pipelines of pipelines.py. Each takes its parameter and the
+# list of its inputs' results, so that every system runs the same graph.
+
+def stage(milliseconds, inputs=()):
+    """Sleep, then count this stage and every stage upstream of it: the
+    result of a graph's stages checks that each got its inputs' results."""
+    time.sleep(milliseconds / 1000)
+    return 1 + sum(inputs)
+
+
+def segfault(_, inputs=()):
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def hang(_, inputs=()):
+    while True:
+        time.sleep(3600)
+
+
+def hog(nbytes, inputs=()):
+    """Touch nbytes of memory, a piece at a time, as a growing result does;
+    a memory limit below nbytes should stop it on the way."""
+    piece = 8 << 20
+    pieces = []
+    while len(pieces) * piece < nbytes:
+        pieces.append(b'x' * piece)
+        time.sleep(0.01)
+    return 1 + sum(inputs)
+
+
+def stage_on_disk(fun, parameter, input_paths, output_path):
+    """A stage the TaskGraph way: results travel in files that the graph
+    names, not as return values."""
+    inputs = []
+    for path in input_paths:
+        with open(path, 'rb') as file:
+            inputs.append(pickle.load(file))
+    result = fun(parameter, inputs)  # no output file unless it succeeds
+    with open(output_path, 'wb') as file:
+        pickle.dump(result, file)
