@@ -546,14 +546,18 @@ def fan_in_workload(harness, systems):
     bench.table(f'fan-in: {large} trivial stages and one that takes all their results, '
                 f'{NPROCESSES} at a time, versus {large + 1} independent ones; '
                 f'per edge = the difference / {large}',
-                ['system', 'fan-in wall [s]', 'independent wall [s]', 'wall vs runforrest',
-                 'wall per edge [ms]', 'driver CPU per edge [ms]', 'target', 'result'],
-                edges, failures)
+                edge_columns('fan-in'), edges, failures)
     bench.table(f'fan-in: the driver\'s peak memory, {small} and {large} stages; '
                 f'growth = the difference / {large - small} stages',
                 ['system', f'peak, {small} [MiB]', f'peak, {large} [MiB]',
                  f'peak, {large + 1} independent [MiB]', 'growth [KiB per stage]', 'target',
                  'result'], memory)
+
+
+def edge_columns(workload):
+    """The columns of a table of what a dependency edge costs."""
+    return ['system', f'{workload} wall [s]', 'independent wall [s]', 'wall vs runforrest',
+            'wall per edge [ms]', 'driver CPU per edge [ms]', 'target', 'result']
 
 
 def dense_workload(harness, systems):
@@ -576,9 +580,7 @@ def dense_workload(harness, systems):
     bench.table(f'dense: {n} trivial stages and {n} that each take all their results '
                 f'({n * n} edges), {NPROCESSES} at a time, versus {2 * n} independent ones; '
                 f'per edge = the difference / {n * n}',
-                ['system', 'dense wall [s]', 'independent wall [s]', 'wall vs runforrest',
-                 'wall per edge [ms]', 'driver CPU per edge [ms]', 'target', 'result'],
-                rows, failures)
+                edge_columns('dense'), rows, failures)
 
 
 def chain_workload(harness, systems):
