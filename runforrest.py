@@ -2005,14 +2005,15 @@ def _now():
     return time.strftime('%Y-%m-%d %H:%M:%S')
 
 
-def _finish_scheduling(directory, ledger):
+def _finish_scheduling(directory, ledger, durable):
     """What ends a script's scheduling: its tasks made durable, what a reuse
     list learned saved, and the scheduling mark removed (see
     `TaskList.schedule`)."""
     if os.path.isdir(directory):
         if ledger is not None:
             ledger.save()
-        _sync(directory)
+        if durable:
+            _sync(directory)
     _unlink(os.path.join(directory, _WORKDIR, _SCHEDULING))
 
 
@@ -2191,6 +2192,10 @@ class TaskList:
     Use `TaskList.open(directory)` for an existing list, as it is.
     """
 
+    # What is scheduled and filed reaches the disk before it counts; not in a
+    # map's temporary list, which nobody takes up after a crash.
+    _durable = True
+
     def __init__(self, directory, exist_ok=False, pre_clean=True,
                  post_clean=False, logfile=None, noschedule_if_exist=False, reuse=False):
         if reuse and noschedule_if_exist:
@@ -2252,7 +2257,8 @@ class TaskList:
         elif self._scheduling is not None:  # cut short: keep the mark
             self._scheduling.detach()
             self._scheduling = None
-            _sync(self.directory)
+            if self._durable:
+                _sync(self.directory)
         if self._finalizer is not None:
             self._finalizer()
 
@@ -2450,7 +2456,7 @@ class TaskList:
         self._make_layout()  # the list may have been cleaned away
         open(self._work_path(_SCHEDULING), 'w').close()
         self._scheduling = weakref.finalize(self, _finish_scheduling, self.directory,
-                                            self._ledger)
+                                            self._ledger, self._durable)
 
     def _take_up(self, task):
         """Stand for the task that this call scheduled in the script that was
@@ -2760,7 +2766,8 @@ class TaskList:
         on some filesystems (ext4 without a journal, after many removals),
         creating a file costs a millisecond, and renaming one microseconds."""
         if names:
-            _sync(self.directory)
+            if self._durable:
+                _sync(self.directory)
             for name in names:
                 todo = self._path('todo', name)
                 if spares is None:
@@ -2873,7 +2880,7 @@ class _DriverLock:
 # ---------------------------------------------------------------------------
 
 def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=None,
-            durable=True):
+            durable=True, go=None):
     """Run the task in taskfile in this process, write its result file, and
     return whether it succeeded: what `python -m runforrest TASKFILE
     RESULTFILE` does.
@@ -2882,14 +2889,18 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
     that scheduled it. do_print prints a failure's traceback to stderr;
     do_raise re-raises the task's exception, with its real traceback, after
     the result is written (for a debugger: python -m pdb -m runforrest ...).
-    durable=False leaves flushing the result to disk to the caller.
+    durable=False leaves flushing the result to disk to the caller. go, if
+    given, is called once the task is read and its function imported, and
+    returns when the task may run (see `_ForkServer.stage`); its runtime
+    counts from then.
     """
     global _dependency_list
     resultfile = os.path.abspath(resultfile)
     sessionfile = sessionfile and os.path.abspath(sessionfile)  # before the chdir
     home = os.path.dirname(os.path.dirname(os.path.abspath(taskfile)))
-    started = time.monotonic()
     header, record, damaged, fields = {}, b'', False, {}
+    task = raised = None
+    started = time.monotonic()
     try:
         with _open_taskfile(taskfile) as file:
             try:
@@ -2911,17 +2922,27 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
         except TaskFileError:
             damaged = True
             raise
-        outcome = {'returnvalue': evaluate(task)}
-        for path in header.get('outputs', ()):
-            if not os.path.exists(path):
-                raise MissingOutput(f'the task did not write {path}, which schedule(outputs=...) '
-                                    f'says it writes', path=path)
-        if header.get('outputs'):
-            fields['output_digests'] = {path: _file_digest(path) for path in header['outputs']}
     except BaseException as error:
         if isinstance(error, TaskFileError) and error.reason == 'missing':
             raise
-        outcome = {'errorvalue': error, 'traceback': _format_traceback(error)}
+        raised = error
+    if go is not None:
+        go()
+        started = time.monotonic()
+    if raised is None:
+        try:
+            outcome = {'returnvalue': evaluate(task)}
+            for path in header.get('outputs', ()):
+                if not os.path.exists(path):
+                    raise MissingOutput(f'the task did not write {path}, which '
+                                        f'schedule(outputs=...) says it writes', path=path)
+            if header.get('outputs'):
+                fields['output_digests'] = {path: _file_digest(path)
+                                            for path in header['outputs']}
+        except BaseException as error:
+            raised = error
+    if raised is not None:
+        outcome = {'errorvalue': raised, 'traceback': _format_traceback(raised)}
     runtime = time.monotonic() - started
     try:
         _write_result(resultfile, header, record, outcome, durable,
@@ -3254,6 +3275,9 @@ class _Spawner:
         self.processes[job] = process, output
         self.selector.register(pidfd, 1, lambda: self._ended(job, pidfd))
 
+    def stage(self, todo, result, output):
+        pass  # an interpreter is started with its task, never ahead
+
     def _ended(self, job, pidfd):
         self.selector.unregister(pidfd)
         os.close(pidfd)
@@ -3290,6 +3314,7 @@ class _ForkServer:
     task's way. A task process holds no socket but its own, and the driver
     believes a report there only once the result is written, so that a task
     that writes junk to its descriptors confuses nobody.
+    The task that starts next is handed out early, staged (see `stage`).
     A byte on the request pipe asks the template for one more standby: one
     for each standby taken, and two for a task that found none, one of
     them ahead, so that the driver has heard of a standby before a slot
@@ -3306,9 +3331,11 @@ class _ForkServer:
         config = json.dumps({'sys_path': sys.path, 'preload': list(preload),
                              'sessionfile': sessionfile})
         # The template learns of the driver's end, however it comes, when the
-        # request pipe closes; it then kills its children.
+        # request pipe closes; it then kills its children. Not -m runforrest,
+        # which compiles the module twice where no bytecode is cached.
         self.process = subprocess.Popen(
-            [sys.executable, '-m', 'runforrest', '--forkserver',
+            [sys.executable, '-c', 'import sys, runforrest; '
+             'sys.exit(runforrest._serve_forks(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]))',
              str(requests), str(channel.fileno()), config],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
             process_group=0, pass_fds=(requests, channel.fileno()))
@@ -3324,18 +3351,38 @@ class _ForkServer:
         # A byte here has the selector deliver the backlog.
         self.pending, self.pending_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.reports = {}  # pid: the socket its task process reports its end on
+        self.upcoming = None  # (todo, result, output) of the task that starts next
+        self.staged = None  # (todo, pid, socket) of the standby that got a task early
         for fd in (self.channel, self.pending):
             selector.register(fd, 1, self._read_events)
 
+    def stage(self, todo, result, output):
+        """Hand out the task that starts next while the running ones finish,
+        now or as soon as a standby is there: its standby reads its file and
+        imports its function, runs none of it, and waits for `start` to say
+        go. Reading and importing are most of what starting a task costs, and
+        so they leave its way."""
+        self.upcoming = todo, result, output
+        self._stage()
+
+    def _stage(self):
+        if self.upcoming is None or self.staged is not None or not self.standbys:
+            return
+        pid, connection = self._hand_out(*self.upcoming, staged=True)
+        if pid is not None:
+            self.staged, self.upcoming = (self.upcoming[0], pid, connection), None
+
     def start(self, job):
         import select
-        handed = self._hand_out(job)
+        if self.upcoming is not None and self.upcoming[0] == job.todo:
+            self.upcoming = None  # too late to stage it
+        handed = self._go(job) or self._hand_out(job.todo, job.result, job.output, job=job)[0]
         if not handed:
             self._request(2)
         while not handed:
             select.select([self.channel], [], [])
             refused = self._receive()
-            handed = self._hand_out(job)
+            handed = self._hand_out(job.todo, job.result, job.output, job=job)[0]
             if refused and not handed:  # the process limit: the supervisor tries again
                 self.backlog.append(('refused', job, refused))
                 break
@@ -3348,29 +3395,49 @@ class _ForkServer:
         except BrokenPipeError:
             self._died()
 
-    def _hand_out(self, job):
-        """Send job to the first standby that is alive; False if none is."""
+    def _go(self, job):
+        """Start job on the standby it was staged on, if it was; False if not."""
+        if self.staged is None or self.staged[0] != job.todo:
+            return False
+        _, pid, connection = self.staged
+        self.staged = None
+        try:
+            connection.send(b'go')
+        except OSError:  # it died while staged: the template reports it
+            connection.close()
+            return False
+        self._track(job, pid, connection)
+        return True
+
+    def _hand_out(self, todo, result, output_path, staged=False, job=None):
+        """Send a task to the first standby that is alive, and track it as
+        job unless it is staged; (pid, socket) of that standby, or (None,
+        None) if none is alive."""
         import json
         import socket
         while self.standbys:
             pid, connection = self.standbys.popleft()
-            output = self.outputs.open(job.output)
+            output = self.outputs.open(output_path)
             try:
-                socket.send_fds(connection, [json.dumps([job.todo, job.result]).encode()],
+                socket.send_fds(connection, [json.dumps([todo, result, staged]).encode()],
                                 [output])
             except OSError:  # that standby died; the template reports it
-                self.outputs.release(output, job.output)
+                self.outputs.release(output, output_path)
                 connection.close()
                 continue
             finally:
                 self._request()  # to replace it, alive or not; after the task is on its way
-            job.pid = pid
-            self.jobs[pid] = job
-            self.files[pid] = output, job.output
-            self.reports[pid] = connection
-            self.selector.register(connection, 1, lambda: self._reported(pid, connection))
-            return True
-        return False
+            self.files[pid] = output, output_path
+            if job is not None:
+                self._track(job, pid, connection)
+            return pid, connection
+        return None, None
+
+    def _track(self, job, pid, connection):
+        job.pid = pid
+        self.jobs[pid] = job
+        self.reports[pid] = connection
+        self.selector.register(connection, 1, lambda: self._reported(pid, connection))
 
     def _reported(self, pid, connection):
         """The task process wrote to its socket. It says so when its result
@@ -3405,6 +3472,7 @@ class _ForkServer:
         except BlockingIOError:
             pass
         self._receive()  # a refused standby was asked for ahead: no task waits for it
+        self._stage()
         events, self.backlog = self.backlog, []
         return events
 
@@ -3440,6 +3508,9 @@ class _ForkServer:
 
     def _reaped(self, pid):
         self._forget_report(pid)
+        if self.staged is not None and self.staged[1] == pid:  # died before its go
+            self.staged[2].close()
+            self.staged = None
         if pid in self.files:
             self.outputs.release(*self.files.pop(pid))
             return
@@ -3454,6 +3525,8 @@ class _ForkServer:
         self.process.wait()
         for _, connection in self.standbys:
             connection.close()
+        if self.staged is not None:
+            self.staged[2].close()
         for pid in list(self.reports):
             self._forget_report(pid)
         for output, path in self.files.values():
@@ -3592,13 +3665,19 @@ def _forked_task(connection, sessionfile, inherited):
         if not message:  # the driver is done: no task came
             os._exit(0)
         started = True
-        todo, result = json.loads(message)
+        todo, result, staged = json.loads(message)
         os.dup2(fds[0], 1)
         os.dup2(fds[0], 2)
         os.close(fds[0])
         if 'numpy.random' in sys.modules:  # Python's own random reseeds itself
             sys.modules['numpy.random'].seed()
-        code = 0 if execute(todo, result, sessionfile=sessionfile, durable=False) else 1
+
+        def go():
+            if connection.recv(16) != b'go':  # the driver is done: the task never ran
+                os._exit(0)
+
+        code = 0 if execute(todo, result, sessionfile=sessionfile, durable=False,
+                            go=go if staged else None) else 1
     except BaseException:
         import traceback
         traceback.print_exc()
@@ -3642,6 +3721,12 @@ class _Supervisor:
 
     def start(self, todo, result, output):
         self._launch(_Job(todo, result, output, self.autokill))
+
+    def stage(self, todo, result, output):
+        """Get the task that starts next ready to start, if the launcher can.
+        Until it starts, it is nobody's job: no time limit, no memory limit."""
+        if not self.refused:
+            self.launcher.stage(todo, result, output)
 
     def _launch(self, job):
         try:
@@ -3977,6 +4062,8 @@ class Run:
                         backend.start(name)
                         running.add(name)
                         report.started(name)
+                    if pending:
+                        backend.next(pending[0])
                     report.waiting(len(dependencies))
 
                 fill()
@@ -4105,11 +4192,18 @@ class _LocalBackend:
         return self.supervisor is None or len(self.supervisor) < self.nprocesses
 
     def start(self, name):
-        tasklist = self.tasklist
         if self.supervisor is None:
             self.supervisor = self.make_supervisor()
-        self.supervisor.start(tasklist._path('todo', name), tasklist._path('collect', name),
-                              tasklist._path('output', name))
+        self.supervisor.start(*self._paths(name))
+
+    def next(self, name):
+        """name starts next, once there is room."""
+        if self.supervisor is not None:
+            self.supervisor.stage(*self._paths(name))
+
+    def _paths(self, name):
+        return (self.tasklist._path('todo', name), self.tasklist._path('collect', name),
+                self.tasklist._path('output', name))
 
     def wait(self):
         return [_name_of(path) for path in self.supervisor.wait()]
@@ -4538,6 +4632,7 @@ def _in_processes(window, place, nprocesses, run_options):
     items join its run as results are handed out."""
     from collections import deque
     tasklist = TaskList(place.tasklist)
+    tasklist._durable = place.root is None
     index_of = {}  # by task name, not metadata: a damaged result has none
     run = None
 
@@ -4888,6 +4983,9 @@ class _ExecutorBackend:
     def has_room(self):
         return len(self.futures) < self.nprocesses
 
+    def next(self, name):
+        pass  # a worker of the executor's takes it when it is submitted
+
     def start(self, name):
         tasklist = self.tasklist
         _mark_running(tasklist, name, 'executor')
@@ -5018,6 +5116,9 @@ class _SlurmBackend:
 
     def has_room(self):
         return len(self.jobs) + len(self.queued) < self.nprocesses
+
+    def next(self, name):
+        pass  # a cluster job starts when SLURM says
 
     def start(self, name):
         self.queued.append(name)
@@ -5211,8 +5312,6 @@ def _command_parser():
 def main(argv=None):
     """`python -m runforrest` and the `runforrest` command; see --help."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ['--forkserver']:
-        return _serve_forks(int(argv[1]), int(argv[2]), argv[3])
     if len(argv) == 2 and not argv[0].startswith('-') and argv[0] not in _COMMANDS:
         # The form run() uses for every spawned task: no parser to import.
         return _taskfile_command(*argv)

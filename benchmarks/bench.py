@@ -495,6 +495,7 @@ def main():
                              'slow there')
     parser.add_argument('--scale-tasks', type=int, help='tasks of the scale workload')
     options = parser.parse_args()
+    workloads.compile_as_installed()
     chosen = options.only.split(',')
     unknown = set(chosen) - set(WORKLOADS)
     if unknown:

@@ -238,6 +238,7 @@ def main():
     args = parser.parse_args()
     if args.child:
         return child(args.child)
+    workloads.compile_as_installed()
     only = set((args.only or 'stream,flat').split(','))
     chosen = args.systems.split(',') if args.systems else list(SYSTEMS)
     unknown = set(chosen) - set(SYSTEMS)

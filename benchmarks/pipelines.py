@@ -746,6 +746,7 @@ def main():
     options = parser.parse_args()
     if options.child:
         return child(json.loads(options.child))
+    workloads.compile_as_installed()
     chosen, systems = options.only.split(','), options.systems.split(',')
     for kind, names, known in [('workloads', chosen, WORKLOADS), ('systems', systems, SYSTEMS)]:
         if set(names) - set(known):

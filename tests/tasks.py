@@ -53,6 +53,18 @@ def timed(seconds):
             'pgid': os.getpgrp(), 'cwd': os.getcwd()}
 
 
+def wait_for_files(directory, pattern, count):
+    """Wait until count files in directory match pattern; return the time
+    then, or None after 30 s."""
+    import glob
+    deadline = time.monotonic() + 30
+    while len(glob.glob(os.path.join(directory, pattern))) < count:
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
+    return time.time()
+
+
 def imported_in():
     """(the pid that imported this module, this task's pid)."""
     return IMPORTED_IN, os.getpid()

@@ -303,6 +303,63 @@ def test_preloaded_modules_are_imported_once_for_all_tasks(tmp_path):
     assert importers != {os.getpid()}, 'the driver imported it, not the template'
 
 
+def test_the_next_task_imports_its_function_while_the_last_slot_is_busy(
+        tasklist, tmp_path, monkeypatch):
+    # ahead.py marks each process that imports it. The first task ends only
+    # once a process other than the driver has imported it: the second
+    # task's own, staged while the first runs.
+    (tmp_path / 'ahead.py').write_text(textwrap.dedent(f'''
+        import os, time
+        open(os.path.join({str(tmp_path)!r}, f'imported-{{os.getpid()}}'), 'w').close()
+
+        def called():
+            return os.getpid(), time.time()
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import ahead
+    tasklist.schedule(defer(tasks.wait_for_files, str(tmp_path), 'imported-*', 2))
+    tasklist.schedule(defer(ahead.called))
+    first, second = tasklist.run(nprocesses=1)
+    assert first.returnvalue is not None, 'the second task was not imported ahead'
+    pid, called = second.returnvalue
+    assert (tmp_path / f'imported-{pid}').exists()  # in its own process
+    assert called > first.returnvalue  # and none of it ran before its turn
+
+
+@pytest.mark.parametrize('fault, imports', [('raise', 1), ('segfault', 2)])  # at most
+def test_a_task_whose_import_fails_ahead_fails_in_its_turn(tasklist, tmp_path, monkeypatch,
+                                                           fault, imports):
+    # Its standby records the error when the task starts; a task whose
+    # import kills its standby dies in its turn, there (if the driver says
+    # go before it hears of the death) or again, unstaged.
+    module = f'broken_by_{fault}'
+    (tmp_path / f'{module}.py').write_text(textwrap.dedent(f'''
+        import os, signal
+        if os.getpid() != {os.getpid()}:  # not in the driver
+            open(os.path.join({str(tmp_path)!r}, f'imported-{{os.getpid()}}'), 'w').close()
+            if {fault!r} == 'raise':
+                raise RuntimeError('broken at import')
+            os.kill(os.getpid(), signal.SIGSEGV)
+
+        def never():
+            return 'ran'
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    broken = __import__(module)
+    tasklist.schedule(defer(tasks.wait_for_files, str(tmp_path), 'imported-*', 1))
+    tasklist.schedule(defer(broken.never))
+    tasklist.schedule(defer(tasks.identity, 'after'))
+    results = run_all(tasklist, nprocesses=1)
+    assert results['00000001-wait_for_files'].returnvalue is not None
+    error = results['00000002-never'].errorvalue
+    if fault == 'raise':
+        assert isinstance(error, TaskFileError) and 'broken at import' in str(error)
+    else:
+        assert isinstance(error, runforrest.TaskCrashed), error
+    assert results['00000003-identity'].returnvalue == 'after'
+    assert 1 <= len(list(tmp_path.glob('imported-*'))) <= imports
+
+
 def test_print_errors_prints_the_traceback_as_it_happens(tasklist, capfd):
     tasklist.schedule(defer(tasks.fail, 'loudly'))
     run_all(tasklist, nprocesses=1, print_errors=True)

@@ -677,7 +677,7 @@ def test_task_processes_die_with_a_killed_forkserver_template(tmp_path, processe
     tree = marker_processes(marker)
     [template] = [pid for pid in session_members(driver.pid)
                   if int(stat_fields(pid)[1]) == driver.pid and
-                  b'--forkserver' in open(f'/proc/{pid}/cmdline', 'rb').read()]
+                  b'_serve_forks' in open(f'/proc/{pid}/cmdline', 'rb').read()]
     os.kill(template, signal.SIGKILL)
     lines = finish(driver, output)
     assert any(line.startswith('error the forkserver template process died') for line in lines), \
@@ -697,7 +697,7 @@ def test_standbys_killed_from_outside_do_not_stall_a_run(tasklist):
     for task in tasklist.run(nprocesses=1, retries=1, start_method='forkserver'):
         if not killed:
             [template] = [pid for pid in children_of(os.getpid())
-                          if b'--forkserver' in open(f'/proc/{pid}/cmdline', 'rb').read()]
+                          if b'_serve_forks' in open(f'/proc/{pid}/cmdline', 'rb').read()]
             # The next task's process, and a standby that waits for the one
             # after; the task runs again (retries).
             killed = wait_for(lambda: len(children_of(template)) >= 2 and children_of(template),
