@@ -4002,6 +4002,7 @@ class Run:
         self.autokill, self.memory_limit, self.retries = autokill, memory_limit, retries
         self.progress, self.start_method = progress, start_method
         self.preload, self.executor = list(preload), executor
+        self._map_view = None  # see _Report
 
     def __len__(self):
         tasklist, ledger = self.tasklist, self.tasklist._ledger
@@ -4041,7 +4042,8 @@ class Run:
                 pending = deque(name for name in todo if dependencies.add(name))
                 joined = tasklist._joining = []
                 report = _Report(tasklist, len(todo) + len(skip), len(in_flight),
-                                 self.print_errors, self.progress, lock.publish)
+                                 self.print_errors, self.progress, lock.publish,
+                                 around=self._map_view)
                 attempts = {}
                 settled = time.monotonic()
 
@@ -4222,12 +4224,15 @@ class _Report:
     """Where a run tells what happens: a line per start, success and failure
     and each task's output, to the logfile if there is one, else the
     terminal; failures' tracebacks with print_errors; a progress view; and
-    the count of running tasks, which `publish` passes on to `status`."""
+    the count of running tasks, which `publish` passes on to `status`.
+    around: the progress view of a map, which counts for itself; task output
+    goes around it, as around this run's own."""
 
-    def __init__(self, tasklist, total, running, print_errors, progress, publish):
+    def __init__(self, tasklist, total, running, print_errors, progress, publish, around=None):
         self.tasklist, self.print_errors, self.publish = tasklist, print_errors, publish
         self.log = open(tasklist.logfile, 'a', buffering=1) if tasklist.logfile else None
         self.view = _progress_view(total) if progress else None
+        self.around = self.view or around
         self.done = self.failed = self.waits = 0
         self.running, self.published = running, None
 
@@ -4297,8 +4302,8 @@ class _Report:
             return
         if self.log:
             self.log.write(text)
-        elif self.view:
-            self.view.write(text, stream)
+        elif self.around:
+            self.around.write(text, stream)
         else:
             stream.write(text)
             stream.flush()
@@ -4641,7 +4646,9 @@ def _in_processes(window, place, nprocesses, run_options):
 
     try:
         window.fill(submit)
-        run = iter(tasklist.run(nprocesses, **run_options))
+        run = tasklist.run(nprocesses, **run_options)
+        run._map_view = window.view
+        run = iter(run)
         ready, in_order = {}, deque()
         for task in run:
             ready[index_of.pop(task.taskname)] = task

@@ -36,10 +36,20 @@ for task in tasklist.run(nprocesses=2, progress=True):
 '''
 
 
-def drive(tmp_path, block_tqdm, stderr=subprocess.PIPE):
-    code = DRIVER.format(block_tqdm=block_tqdm, directory=str(tmp_path / 'tasklist'))
+# A map whose calls print, with progress=True and without tqdm.
+MAP_DRIVER = '''
+import sys
+sys.modules['tqdm'] = None
+import runforrest, tasks
+assert list(runforrest.pmap(tasks.print_lines, 'abc', nprocesses=2, args=(2,),
+                            progress=True)) == ['a', 'b', 'c']
+'''
+
+
+def drive(tmp_path, block_tqdm, stderr=subprocess.PIPE, code=DRIVER, stdout=subprocess.PIPE):
+    code = code.format(block_tqdm=block_tqdm, directory=str(tmp_path / 'tasklist'))
     return subprocess.Popen([sys.executable, '-c', code], cwd=TESTS,
-                            stdout=subprocess.PIPE, stderr=stderr, text=True)
+                            stdout=stdout, stderr=stderr, text=True)
 
 
 def test_progress_through_tqdm(tasklist, capsys):
@@ -61,12 +71,14 @@ def test_without_tqdm_and_terminal_a_line_at_a_time(tmp_path):
     assert 'tasks/s, ETA ' in last
 
 
-def read_terminal(tmp_path, block_tqdm):
-    """Everything the driver showed on a terminal of its own."""
+def read_terminal(tmp_path, block_tqdm, code=DRIVER, stdout=subprocess.PIPE):
+    """Everything the driver showed on a terminal of its own (its stdout
+    too, if stdout is None)."""
     main, terminal = pty.openpty()
     # A new pty is 0 columns wide, and tqdm would show nothing on it.
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 100, 0, 0))
-    driver = drive(tmp_path, block_tqdm, stderr=terminal)
+    driver = drive(tmp_path, block_tqdm, stderr=terminal, code=code,
+                   stdout=terminal if stdout is None else stdout)
     os.close(terminal)
     shown = b''
     while True:
@@ -89,6 +101,16 @@ def test_without_tqdm_on_a_terminal_a_bar(tmp_path):
     last = frames[-1].strip()
     assert last.startswith('[####################] 3/3 done 2, failed 1, running 0, ')
     assert 'tasks/s, ETA ' in last
+
+
+def test_a_maps_bar_makes_way_for_what_its_calls_print(tmp_path):
+    shown = read_terminal(tmp_path, block_tqdm=True, code=MAP_DRIVER, stdout=None)
+    for tag in 'abc':
+        for number in range(2):
+            # On a line of its own: the bar was wiped before, and comes back after.
+            assert f'\r\x1b[K{tag} {number}\r\n' in shown or \
+                f'\n{tag} {number}\r\n' in shown, repr(shown)
+    assert '3/3 done 3, failed 0' in shown.split('\r')[-2], repr(shown)
 
 
 def test_tqdm_on_a_terminal(tmp_path):
