@@ -1,12 +1,13 @@
-"""pmap: a parallel map, each call in a process of its own.
+"""pmap and its kin: parallel maps and calls, each call in a process of its own.
 
 Results come in the order of the items, whatever order the calls finish
 in. Run: python examples/map.py
 """
 
+import itertools
 import time
 
-from runforrest import pmap
+from runforrest import background, call, pmap, pmap_rows, proc
 
 
 def power(base, exponent, modulo=None):
@@ -37,6 +38,42 @@ def main():
     results = list(pmap(time.sleep, [0, 60], autokill=2, errors='return'))
     print('autokill:', [type(result).__name__ for result in results],
           f'after {time.monotonic() - started:.0f} s, not 60')
+
+    # pmap takes its items as it needs them, a few per process ahead, so
+    # that an endless generator is fine: here, the first squares over 50.
+    squares = pmap(lambda x: x * x, itertools.count(), nprocesses=2)
+    print('endless:', next(square for square in squares if square > 50))
+
+    # An error says which item it came from.
+    try:
+        list(pmap(lambda x: 1 / x, [1, 2, 0]))
+    except ZeroDivisionError as error:
+        print('failing item:', error.item_index)
+
+    # call: different functions at once, their results in the order given.
+    total, largest = call([proc(sum, [1, 2, 3]), proc(max, [4, 8, 6])])
+    print('call:', total, largest)
+
+    # background: one call, started now; a concurrent.futures.Future.
+    future = background(pow, 2, 100)
+    print('background:', future.result(timeout=60) == 2 ** 100)
+    hanging = background(time.sleep, 60)
+    hanging.cancel()  # kills its process, with any children it started
+    print('cancelled:', hanging.cancelled())
+
+    # pmap_rows: a NumPy array split by rows, one piece per process.
+    try:
+        import numpy
+    except ImportError:
+        print('pmap_rows: needs numpy')
+    else:
+        X = numpy.arange(12).reshape(6, 2)
+        running_sums = pmap_rows(lambda rows: rows.cumsum(axis=1), X, nprocesses=2)
+        print('pmap_rows:', (running_sums == X.cumsum(axis=1)).all())
+
+    # threads=True: for calls that wait on the network or the disk, threads
+    # of this process, with no isolation at all.
+    print('threads:', list(pmap(len, ['a', 'bb', 'ccc'], threads=True)))
 
 
 if __name__ == '__main__':

@@ -51,7 +51,9 @@ def test_map(tmp_path):
     for line in ('squares: [0, 1, 4, 9, 16]', 'shifted: [101, 102, 103]', 'star: [8, 9]',
                  'kwstar: [1024, 27]', 'extras: [2, 2, 4]',
                  "reciprocal: ZeroDivisionError('division by zero')",
-                 "autokill: ['NoneType', 'TaskTimeout'] after "):
+                 "autokill: ['NoneType', 'TaskTimeout'] after ", 'endless: 64',
+                 'failing item: 2', 'call: 6 8', 'background: True', 'cancelled: True',
+                 'pmap_rows: True', 'threads: [1, 2, 3]'):
         assert line in output
 
 
