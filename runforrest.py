@@ -3959,7 +3959,9 @@ class Run:
         more times, before it counts as failed.
     progress: show done, failed and running counts, rate and ETA.
     start_method: 'forkserver' (fork each task from a template process that
-        started once, the default) or 'spawn' (a fresh interpreter per task).
+        started once, the default; the task that starts next reads its file
+        and imports its function in its own process while the slots are
+        busy) or 'spawn' (a fresh interpreter per task).
     preload: modules the forkserver template imports once, for all tasks.
     executor: run elsewhere: a `Slurm` object, or a concurrent.futures
         Executor such as `distributed.Client(...).get_executor()`.
