@@ -633,7 +633,19 @@ def _file_signature(path):
                                               '(give File() each file in it)', path)
     if not stat.S_ISREG(status.st_mode):
         raise OSError(errno.EINVAL, 'not a regular file', path)
+    return _signature(status)
+
+
+def _signature(status):
     return status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino
+
+
+def _settled(signature):
+    """Whether a file of this signature (`_file_signature`) may be recorded
+    as it was read: not changed in the last two seconds, as on file systems
+    with coarse timestamps a write right after the reading could leave its
+    signature as it was."""
+    return time.time_ns() - signature[1] > _RACY_NANOSECONDS
 
 
 def _file_digest(path, files=None):
@@ -664,7 +676,7 @@ def _file_digest(path, files=None):
         after = _file_signature(name)
         if after == before:
             break
-    if files is not None and time.time_ns() - after[1] > _RACY_NANOSECONDS:
+    if files is not None and _settled(after):
         files[name] = (*after, digest)
     return digest
 
@@ -1746,7 +1758,9 @@ def _write_atomically(path, write, durable=True, temporary=None):
 
 def _create(path, data):
     """Create the file path with data in it, whole or not at all, and never
-    in place of an existing one (FileExistsError instead).
+    in place of an existing one (FileExistsError instead). Returns its
+    status, as it is once created: of the very file written here, which no
+    later os.stat of path can promise.
 
     The file is written nameless (O_TMPFILE) and then linked in: cheaper
     than a temporary name, which is created, linked and removed again. Where
@@ -1762,7 +1776,7 @@ def _create(path, data):
             # A descriptor for src_dir_fd, though unused with an absolute path,
             # has os.link call linkat(), which follows the /proc link to the file.
             os.link(f'/proc/self/fd/{fd}', path, src_dir_fd=fd)
-            return
+            return os.fstat(fd)  # after the link, which sets the change time
         except FileExistsError:
             raise
         except OSError:
@@ -1770,15 +1784,16 @@ def _create(path, data):
         finally:
             os.close(fd)
     temporary = _temporary(path)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             _write_all(fd, data)
+            os.link(temporary, path)
         finally:
-            os.close(fd)
-        os.link(temporary, path)
+            _unlink(temporary)
+        return os.fstat(fd)  # after both links changed, each of which sets the change time
     finally:
-        _unlink(temporary)
+        os.close(fd)
 
 
 def _write_all(fd, data):
@@ -1941,12 +1956,15 @@ STATES = ('todo', 'done', 'fail')
 # of the way of code that walks the three: collect/ (results waiting to be
 # filed, and spare files; see _settle), running/ (a mark per task in flight
 # on a cluster or an executor, by which a later driver finds its job), the
-# driver's lock, the scheduling mark (see `TaskList.schedule`), a saved
-# session and SLURM's logs.
+# driver's lock, the scheduling mark (see `TaskList.schedule`), what a
+# reuse list knows of its tasks (files, current and keys; see `_Ledger`), a
+# saved session and SLURM's logs.
 _WORKDIR = '.runforrest'
 _WORKDIRS = ('collect', 'running')
 _LOCKFILE = 'driver.lock'
 _SCHEDULING = 'scheduling'
+_KEYS = 'keys'  # see _Ledger._learn_keys
+_KEYS_FORMAT = 1
 
 
 def _sync(path):
@@ -2018,11 +2036,12 @@ def _finish_scheduling(directory, ledger):
 
 class _Ledger:
     """What a list opened with reuse=True knows of the work it holds: the
-    key of each of its tasks (from the files' indexes), the digests of the
-    files it hashed before (kept in .runforrest/files, so that an unchanged
-    file costs a stat), and the names that the script schedules, in order
-    (kept in .runforrest/current at the end of its scheduling: every other
-    task of the list is stale)."""
+    key of each of its tasks (from the files' indexes, or from their record
+    in .runforrest/keys; see `_learn_keys`), the digests of the files it
+    hashed before (kept in .runforrest/files, so that an unchanged file
+    costs a stat), and the names that the script schedules, in order (kept
+    in .runforrest/current at the end of its scheduling: every other task of
+    the list is stale)."""
 
     def __init__(self, directory):
         self.directory = directory
@@ -2037,16 +2056,69 @@ class _Ledger:
         self.scheduled = []  # names, in the order this script schedules them
         self.keys = {}  # name: key, of those
         self.reused = set()
+        self.entries = {}  # state: {name: (*signature, key, outputs)}, for .runforrest/keys
+        self.written = []  # (name, entry) of the todo files this script wrote, not yet recorded
+        self.changed = False  # whether entries differ from .runforrest/keys
+        self._learn_keys()
+
+    def _learn_keys(self):
+        """Learn the key of every task from the index of its file, or, where
+        .runforrest/keys records it for a file of the very signature (see
+        `_file_signature`) under that name in that directory, from there:
+        a stat instead of reading the file. A task file is never written in
+        place, so a file that was replaced, moved between todo/, done/ and
+        fail/, or put there by another machine sharing the list, has a new
+        signature or an unrecorded name, and is read; a record that cannot be
+        read counts for nothing. Files are recorded only once settled (see
+        `_settled`)."""
+        recorded, used = self._recorded_keys(), 0
         for state in STATES:
-            folder = os.path.join(directory, state)
-            for name in sorted(_names_in(folder), key=_schedule_order):
+            folder = os.path.join(self.directory, state)
+            before, entries = recorded.get(state, {}), self.entries.setdefault(state, {})
+            for listed in _task_entries(folder):
+                name = listed.name[:-4]
                 try:
-                    index = _header_of(os.path.join(folder, name + '.pkl'))
-                except (OSError, TaskFileError):
+                    signature = _signature(listed.stat())
+                except FileNotFoundError:
                     continue
-                self.found[name] = (state, index.get('key'), bool(index.get('outputs')))
-                if index.get('key') and state != 'fail':  # failures are never reused
-                    self.latest[index['key']] = (state, name)
+                entry = before.get(name)
+                if type(entry) is tuple and len(entry) == 6 and entry[:4] == signature:
+                    entries[name] = entry
+                    used += 1
+                else:
+                    entry = _key_entry(os.path.join(folder, name + '.pkl'))
+                    if entry is None:
+                        continue
+                    if _settled(entry):
+                        entries[name] = entry
+                        self.changed = True
+                self.found[name] = (state, *entry[4:])
+                key = entry[4]
+                if key and state != 'fail':  # failures are never reused
+                    # The newest task with the key, and a done one before any in todo/.
+                    other = self.latest.get(key, (None, ''))
+                    if other[0] != state or _schedule_order(other[1]) < _schedule_order(name):
+                        self.latest[key] = (state, name)
+        if used < sum(map(len, recorded.values())):
+            self.changed = True  # some recorded files are gone or changed
+
+    def _recorded_keys(self):
+        """{state: {name: entry}} from .runforrest/keys, each entry yet to be
+        checked against its file (see `_learn_keys`); empty if unreadable."""
+        try:
+            with open(self._path(_KEYS), 'rb') as file:
+                recorded = pickle.load(file)
+            if recorded['format'] == _KEYS_FORMAT and \
+                    all(type(entries) is dict for entries in recorded['states'].values()):
+                return recorded['states']
+        except Exception:  # whatever a damaged pickle raises
+            pass
+        return {}
+
+    def wrote(self, name, key, outputs, status):
+        """Learn of the todo file name that this script wrote, of status."""
+        self.latest[key] = ('todo', name)
+        self.written.append((name, (*_signature(status), key, bool(outputs))))
 
     def _index(self, name):
         state = self.found[name][0]
@@ -2067,6 +2139,20 @@ class _Ledger:
         for what, value in (('files', self.files), ('current', current)):
             _write_atomically(self._path(what),
                               lambda file: file.write(pickle.dumps(value, pickle.HIGHEST_PROTOCOL)))
+        unsettled = []
+        for name, entry in self.written:
+            if _settled(entry):
+                self.entries['todo'][name] = entry
+                self.changed = True
+            else:
+                unsettled.append((name, entry))
+        self.written = unsettled
+        if self.changed:
+            keys = {'format': _KEYS_FORMAT, 'states': self.entries}
+            # Not durable by itself: _finish_scheduling syncs the file system next.
+            _write_atomically(self._path(_KEYS), lambda file: pickle.dump(
+                keys, file, pickle.HIGHEST_PROTOCOL), durable=False)
+            self.changed = False
 
     def match(self, key):
         """(state, name) of a task with this key that need not run again,
@@ -2148,12 +2234,31 @@ def _key_parts(task, cut, dependency_keys, files, extra):
             'extra': _value_key(extra, files)}
 
 
-def _names_in(folder):
+def _key_entry(path):
+    """(*signature, key, whether it has outputs) of the task file at path,
+    as .runforrest/keys records it, or None if it cannot be read."""
     try:
-        return [entry[:-4] for entry in os.listdir(folder)
-                if entry.endswith('.pkl') and not entry.startswith('.')]
+        with open(path, 'rb') as file:
+            # Taken first, so that a file written as it is read is read again next time.
+            signature = _signature(os.fstat(file.fileno()))
+            index = _read_header(file, path)
+    except (OSError, TaskFileError):
+        return None
+    return (*signature, index.get('key'), bool(index.get('outputs')))
+
+
+def _task_entries(folder):
+    """The directory entries of the task files in folder, as os.scandir gives them."""
+    try:
+        with os.scandir(folder) as entries:
+            return [entry for entry in entries
+                    if entry.name.endswith('.pkl') and not entry.name.startswith('.')]
     except FileNotFoundError:
         return []
+
+
+def _names_in(folder):
+    return [entry.name[:-4] for entry in _task_entries(folder)]
 
 
 class TaskList:
@@ -2391,7 +2496,7 @@ class TaskList:
             name = f'{self._next_index:08d}-{label}'
             self._next_index += 1
             try:
-                _create(self._path('todo', name), data)
+                status = _create(self._path('todo', name), data)
                 break
             except FileExistsError:  # another process schedules into this list too
                 self._next_index = self._highest_index() + 1
@@ -2400,7 +2505,7 @@ class TaskList:
         task.__dict__.setdefault('_scheduled', {})[self.directory] = name
         if self._ledger is not None:
             self._ledger.add(name, key, reused=False)
-            self._ledger.latest[key] = ('todo', name)
+            self._ledger.wrote(name, key, outputs, status)
         if self._joining is not None:
             self._joining.append(name)
         if self.logfile:
