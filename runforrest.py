@@ -521,8 +521,15 @@ def _label(task):
         else:
             name = getattr(task._fun, '__name__', type(task._fun).__name__)
             break
-    name = ''.join(c if c.isalnum() or c == '_' else '_' for c in str(name)).strip('_')
-    return name[:40] or 'task'
+    name = str(name)
+    label = _LABELS.get(name)
+    if label is None:
+        label = ''.join(c if c.isalnum() or c == '_' else '_' for c in name).strip('_')
+        label = _LABELS[name] = label[:40] or 'task'
+    return label
+
+
+_LABELS = {}  # a function's name: its label, made once, as each schedule() asks
 
 
 # ---------------------------------------------------------------------------
@@ -1393,6 +1400,18 @@ _WRITERS = _writers()  # type -> _Keyer method; see also _writer_of
 _FUNCTION_TOKENS = {}
 
 
+def _tokens(value):
+    keyer = _Keyer()
+    keyer.value(value)
+    return b''.join(keyer.out)
+
+
+# The extra key values (see `TaskList._key`) of a task with no version, no
+# after= and no outputs, as most tasks are: written once, not once per task.
+_NO_EXTRA = (None, [], [])
+_NO_EXTRA_TOKENS = _tokens(_NO_EXTRA)
+
+
 def _key_of(out):
     import hashlib
     return hashlib.sha256(b''.join(out)).hexdigest()[:_KEY_DIGITS]
@@ -1538,7 +1557,9 @@ def _node_key(node, key_of, files, extra):
                     write(value)
         except NotKeyable as error:
             raise _refusal(error, _argument_name(node, which)) from None
-    if extra is not None:
+    if extra is _NO_EXTRA:
+        out.append(b'+' + _NO_EXTRA_TOKENS)
+    elif extra is not None:
         out.append(b'+')
         _write(keyer, extra, lambda: "the task's extra key values")
     return _key_of(out)
@@ -2398,7 +2419,7 @@ class TaskList:
 
     def _highest_index(self):
         return max((_index_of(name) for state in STATES + ('collect',)
-                    for name in self._names(state)), default=0)
+                    for name in _names_in(self._folder(state))), default=0)
 
     def _scheduled_before_the_cut(self):
         """If the script that scheduled this list was killed while it did,
@@ -2522,7 +2543,8 @@ class TaskList:
         keys = {name: self._key_of(name) for name in dependencies}
         dependency_keys = {node: keys[name] for node, name in cut.items()}
         in_graph = set(cut.values())
-        extra = (version, [keys[name] for name in dependencies if name not in in_graph], outputs)
+        after = [keys[name] for name in dependencies if name not in in_graph]
+        extra = (version, after, outputs) if version is not None or after or outputs else _NO_EXTRA
         key = _task_key(task, dependency_keys, extra=extra, files=self._ledger.files)
         return key, dependency_keys, extra
 
@@ -2584,6 +2606,8 @@ class TaskList:
     def _dependencies(self, task, after):
         """The tasks that task depends on: {key: name} of those in its graph
         (see `_flatten`), and the names of all of them, and of after's."""
+        if type(after) in (tuple, list) and not after and not task._dependencies():
+            return {}, []  # a call on plain values, as most are: no graph to walk
         cut, names = {}, []
         for node in _postorder(task, lambda node: '_scheduled' in node.__dict__):
             places = node.__dict__.get('_scheduled')
