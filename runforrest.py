@@ -521,8 +521,15 @@ def _label(task):
         else:
             name = getattr(task._fun, '__name__', type(task._fun).__name__)
             break
-    name = ''.join(c if c.isalnum() or c == '_' else '_' for c in str(name)).strip('_')
-    return name[:40] or 'task'
+    name = str(name)
+    label = _LABELS.get(name)
+    if label is None:
+        label = ''.join(c if c.isalnum() or c == '_' else '_' for c in name).strip('_')
+        label = _LABELS[name] = label[:40] or 'task'
+    return label
+
+
+_LABELS = {}  # a function's name: its label, made once, as each schedule() asks
 
 
 # ---------------------------------------------------------------------------
@@ -633,7 +640,19 @@ def _file_signature(path):
                                               '(give File() each file in it)', path)
     if not stat.S_ISREG(status.st_mode):
         raise OSError(errno.EINVAL, 'not a regular file', path)
+    return _signature(status)
+
+
+def _signature(status):
     return status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino
+
+
+def _settled(signature):
+    """Whether a file of this signature (`_file_signature`) may be recorded
+    as it was read: not changed in the last two seconds, as on file systems
+    with coarse timestamps a write right after the reading could leave its
+    signature as it was."""
+    return time.time_ns() - signature[1] > _RACY_NANOSECONDS
 
 
 def _file_digest(path, files=None):
@@ -664,7 +683,7 @@ def _file_digest(path, files=None):
         after = _file_signature(name)
         if after == before:
             break
-    if files is not None and time.time_ns() - after[1] > _RACY_NANOSECONDS:
+    if files is not None and _settled(after):
         files[name] = (*after, digest)
     return digest
 
@@ -1381,6 +1400,18 @@ _WRITERS = _writers()  # type -> _Keyer method; see also _writer_of
 _FUNCTION_TOKENS = {}
 
 
+def _tokens(value):
+    keyer = _Keyer()
+    keyer.value(value)
+    return b''.join(keyer.out)
+
+
+# The extra key values (see `TaskList._key`) of a task with no version, no
+# after= and no outputs, as most tasks are: written once, not once per task.
+_NO_EXTRA = (None, [], [])
+_NO_EXTRA_TOKENS = _tokens(_NO_EXTRA)
+
+
 def _key_of(out):
     import hashlib
     return hashlib.sha256(b''.join(out)).hexdigest()[:_KEY_DIGITS]
@@ -1526,7 +1557,9 @@ def _node_key(node, key_of, files, extra):
                     write(value)
         except NotKeyable as error:
             raise _refusal(error, _argument_name(node, which)) from None
-    if extra is not None:
+    if extra is _NO_EXTRA:
+        out.append(b'+' + _NO_EXTRA_TOKENS)
+    elif extra is not None:
         out.append(b'+')
         _write(keyer, extra, lambda: "the task's extra key values")
     return _key_of(out)
@@ -1746,7 +1779,9 @@ def _write_atomically(path, write, durable=True, temporary=None):
 
 def _create(path, data):
     """Create the file path with data in it, whole or not at all, and never
-    in place of an existing one (FileExistsError instead).
+    in place of an existing one (FileExistsError instead). Returns its
+    status, as it is once created: of the very file written here, which no
+    later os.stat of path can promise.
 
     The file is written nameless (O_TMPFILE) and then linked in: cheaper
     than a temporary name, which is created, linked and removed again. Where
@@ -1762,7 +1797,7 @@ def _create(path, data):
             # A descriptor for src_dir_fd, though unused with an absolute path,
             # has os.link call linkat(), which follows the /proc link to the file.
             os.link(f'/proc/self/fd/{fd}', path, src_dir_fd=fd)
-            return
+            return os.fstat(fd)  # after the link, which sets the change time
         except FileExistsError:
             raise
         except OSError:
@@ -1770,15 +1805,16 @@ def _create(path, data):
         finally:
             os.close(fd)
     temporary = _temporary(path)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             _write_all(fd, data)
+            os.link(temporary, path)
         finally:
-            os.close(fd)
-        os.link(temporary, path)
+            _unlink(temporary)
+        return os.fstat(fd)  # after both links changed, each of which sets the change time
     finally:
-        _unlink(temporary)
+        os.close(fd)
 
 
 def _write_all(fd, data):
@@ -1941,12 +1977,15 @@ STATES = ('todo', 'done', 'fail')
 # of the way of code that walks the three: collect/ (results waiting to be
 # filed, and spare files; see _settle), running/ (a mark per task in flight
 # on a cluster or an executor, by which a later driver finds its job), the
-# driver's lock, the scheduling mark (see `TaskList.schedule`), a saved
-# session and SLURM's logs.
+# driver's lock, the scheduling mark (see `TaskList.schedule`), what a
+# reuse list knows of its tasks (files, current and keys; see `_Ledger`), a
+# saved session and SLURM's logs.
 _WORKDIR = '.runforrest'
 _WORKDIRS = ('collect', 'running')
 _LOCKFILE = 'driver.lock'
 _SCHEDULING = 'scheduling'
+_KEYS = 'keys'  # see _Ledger._learn_keys
+_KEYS_FORMAT = 1
 
 
 def _sync(path):
@@ -2019,11 +2058,12 @@ def _finish_scheduling(directory, ledger, durable):
 
 class _Ledger:
     """What a list opened with reuse=True knows of the work it holds: the
-    key of each of its tasks (from the files' indexes), the digests of the
-    files it hashed before (kept in .runforrest/files, so that an unchanged
-    file costs a stat), and the names that the script schedules, in order
-    (kept in .runforrest/current at the end of its scheduling: every other
-    task of the list is stale)."""
+    key of each of its tasks (from the files' indexes, or from their record
+    in .runforrest/keys; see `_learn_keys`), the digests of the files it
+    hashed before (kept in .runforrest/files, so that an unchanged file
+    costs a stat), and the names that the script schedules, in order (kept
+    in .runforrest/current at the end of its scheduling: every other task of
+    the list is stale)."""
 
     def __init__(self, directory):
         self.directory = directory
@@ -2038,16 +2078,69 @@ class _Ledger:
         self.scheduled = []  # names, in the order this script schedules them
         self.keys = {}  # name: key, of those
         self.reused = set()
+        self.entries = {}  # state: {name: (*signature, key, outputs)}, for .runforrest/keys
+        self.written = []  # (name, entry) of the todo files this script wrote, not yet recorded
+        self.changed = False  # whether entries differ from .runforrest/keys
+        self._learn_keys()
+
+    def _learn_keys(self):
+        """Learn the key of every task from the index of its file, or, where
+        .runforrest/keys records it for a file of the very signature (see
+        `_file_signature`) under that name in that directory, from there:
+        a stat instead of reading the file. A task file is never written in
+        place, so a file that was replaced, moved between todo/, done/ and
+        fail/, or put there by another machine sharing the list, has a new
+        signature or an unrecorded name, and is read; a record that cannot be
+        read counts for nothing. Files are recorded only once settled (see
+        `_settled`)."""
+        recorded, used = self._recorded_keys(), 0
         for state in STATES:
-            folder = os.path.join(directory, state)
-            for name in sorted(_names_in(folder), key=_schedule_order):
+            folder = os.path.join(self.directory, state)
+            before, entries = recorded.get(state, {}), self.entries.setdefault(state, {})
+            for listed in _task_entries(folder):
+                name = listed.name[:-4]
                 try:
-                    index = _header_of(os.path.join(folder, name + '.pkl'))
-                except (OSError, TaskFileError):
+                    signature = _signature(listed.stat())
+                except FileNotFoundError:
                     continue
-                self.found[name] = (state, index.get('key'), bool(index.get('outputs')))
-                if index.get('key') and state != 'fail':  # failures are never reused
-                    self.latest[index['key']] = (state, name)
+                entry = before.get(name)
+                if type(entry) is tuple and len(entry) == 6 and entry[:4] == signature:
+                    entries[name] = entry
+                    used += 1
+                else:
+                    entry = _key_entry(os.path.join(folder, name + '.pkl'))
+                    if entry is None:
+                        continue
+                    if _settled(entry):
+                        entries[name] = entry
+                        self.changed = True
+                self.found[name] = (state, *entry[4:])
+                key = entry[4]
+                if key and state != 'fail':  # failures are never reused
+                    # The newest task with the key, and a done one before any in todo/.
+                    other = self.latest.get(key, (None, ''))
+                    if other[0] != state or _schedule_order(other[1]) < _schedule_order(name):
+                        self.latest[key] = (state, name)
+        if used < sum(map(len, recorded.values())):
+            self.changed = True  # some recorded files are gone or changed
+
+    def _recorded_keys(self):
+        """{state: {name: entry}} from .runforrest/keys, each entry yet to be
+        checked against its file (see `_learn_keys`); empty if unreadable."""
+        try:
+            with open(self._path(_KEYS), 'rb') as file:
+                recorded = pickle.load(file)
+            if recorded['format'] == _KEYS_FORMAT and \
+                    all(type(entries) is dict for entries in recorded['states'].values()):
+                return recorded['states']
+        except Exception:  # whatever a damaged pickle raises
+            pass
+        return {}
+
+    def wrote(self, name, key, outputs, status):
+        """Learn of the todo file name that this script wrote, of status."""
+        self.latest[key] = ('todo', name)
+        self.written.append((name, (*_signature(status), key, bool(outputs))))
 
     def _index(self, name):
         state = self.found[name][0]
@@ -2068,6 +2161,20 @@ class _Ledger:
         for what, value in (('files', self.files), ('current', current)):
             _write_atomically(self._path(what),
                               lambda file: file.write(pickle.dumps(value, pickle.HIGHEST_PROTOCOL)))
+        unsettled = []
+        for name, entry in self.written:
+            if _settled(entry):
+                self.entries['todo'][name] = entry
+                self.changed = True
+            else:
+                unsettled.append((name, entry))
+        self.written = unsettled
+        if self.changed:
+            keys = {'format': _KEYS_FORMAT, 'states': self.entries}
+            # Not durable by itself: _finish_scheduling syncs the file system next.
+            _write_atomically(self._path(_KEYS), lambda file: pickle.dump(
+                keys, file, pickle.HIGHEST_PROTOCOL), durable=False)
+            self.changed = False
 
     def match(self, key):
         """(state, name) of a task with this key that need not run again,
@@ -2149,12 +2256,31 @@ def _key_parts(task, cut, dependency_keys, files, extra):
             'extra': _value_key(extra, files)}
 
 
-def _names_in(folder):
+def _key_entry(path):
+    """(*signature, key, whether it has outputs) of the task file at path,
+    as .runforrest/keys records it, or None if it cannot be read."""
     try:
-        return [entry[:-4] for entry in os.listdir(folder)
-                if entry.endswith('.pkl') and not entry.startswith('.')]
+        with open(path, 'rb') as file:
+            # Taken first, so that a file written as it is read is read again next time.
+            signature = _signature(os.fstat(file.fileno()))
+            index = _read_header(file, path)
+    except (OSError, TaskFileError):
+        return None
+    return (*signature, index.get('key'), bool(index.get('outputs')))
+
+
+def _task_entries(folder):
+    """The directory entries of the task files in folder, as os.scandir gives them."""
+    try:
+        with os.scandir(folder) as entries:
+            return [entry for entry in entries
+                    if entry.name.endswith('.pkl') and not entry.name.startswith('.')]
     except FileNotFoundError:
         return []
+
+
+def _names_in(folder):
+    return [entry.name[:-4] for entry in _task_entries(folder)]
 
 
 class TaskList:
@@ -2299,7 +2425,7 @@ class TaskList:
 
     def _highest_index(self):
         return max((_index_of(name) for state in STATES + ('collect',)
-                    for name in self._names(state)), default=0)
+                    for name in _names_in(self._folder(state))), default=0)
 
     def _scheduled_before_the_cut(self):
         """If the script that scheduled this list was killed while it did,
@@ -2397,7 +2523,7 @@ class TaskList:
             name = f'{self._next_index:08d}-{label}'
             self._next_index += 1
             try:
-                _create(self._path('todo', name), data)
+                status = _create(self._path('todo', name), data)
                 break
             except FileExistsError:  # another process schedules into this list too
                 self._next_index = self._highest_index() + 1
@@ -2406,7 +2532,7 @@ class TaskList:
         task.__dict__.setdefault('_scheduled', {})[self.directory] = name
         if self._ledger is not None:
             self._ledger.add(name, key, reused=False)
-            self._ledger.latest[key] = ('todo', name)
+            self._ledger.wrote(name, key, outputs, status)
         if self._joining is not None:
             self._joining.append(name)
         if self.logfile:
@@ -2423,7 +2549,8 @@ class TaskList:
         keys = {name: self._key_of(name) for name in dependencies}
         dependency_keys = {node: keys[name] for node, name in cut.items()}
         in_graph = set(cut.values())
-        extra = (version, [keys[name] for name in dependencies if name not in in_graph], outputs)
+        after = [keys[name] for name in dependencies if name not in in_graph]
+        extra = (version, after, outputs) if version is not None or after or outputs else _NO_EXTRA
         key = _task_key(task, dependency_keys, extra=extra, files=self._ledger.files)
         return key, dependency_keys, extra
 
@@ -2485,6 +2612,8 @@ class TaskList:
     def _dependencies(self, task, after):
         """The tasks that task depends on: {key: name} of those in its graph
         (see `_flatten`), and the names of all of them, and of after's."""
+        if type(after) in (tuple, list) and not after and not task._dependencies():
+            return {}, []  # a call on plain values, as most are: no graph to walk
         cut, names = {}, []
         for node in _postorder(task, lambda node: '_scheduled' in node.__dict__):
             places = node.__dict__.get('_scheduled')

@@ -168,6 +168,11 @@ def _running_directory(directory):
     return os.path.join(directory, '.runforrest', 'running')
 
 
+def keys_record(directory):
+    """Where a reuse list records the keys of its task files (see runforrest._Ledger)."""
+    return os.path.join(directory, '.runforrest', 'keys')
+
+
 def collect_file(directory, name):
     """Where a finished task's result waits to be filed."""
     return os.path.join(_collect_directory(directory), f'{name}.pkl')

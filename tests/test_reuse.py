@@ -4,6 +4,7 @@ own and a script) and runs the script twice, as a user would."""
 
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import time
 import pytest
 
 import runforrest
+from conftest import STATES, keys_record, names, task_file
 from runforrest import TaskList
 
 MODULE = '''
@@ -342,3 +344,127 @@ def test_a_run_with_nothing_to_run_starts_no_process(tmp_path):
     assert run()[0] == '[False, False, False]'
     # A process would show here: even an interpreter that only starts takes CPU.
     assert run() == ('[True, True, True]', 0.0)
+
+
+# The keys of a list's task files are recorded in .runforrest/keys, so that a
+# script run again learns them with a stat per file instead of reading each.
+# These tests prove that the record is used, and that it cannot stand for a
+# file that it no longer describes.
+
+KEYS_SCRIPT = '''
+import json, sys
+from runforrest import TaskList, defer
+read = []  # the task files this script opens while it schedules
+sys.addaudithook(lambda event, args: read.append(args[0]) if event == 'open' and
+                 isinstance(args[0], str) and args[0].endswith('.pkl') else None)
+tasklist = TaskList('results', reuse=True)
+names = [tasklist.schedule(defer(pow, 2, exponent)) for exponent in json.loads(sys.argv[1])]
+tasklist.flush()
+opened = len(read)
+results = [[task.taskname, task.reused, task.returnvalue]
+           for task in tasklist.run(nprocesses=2)] if sys.argv[2:] == ['run'] else []
+print(json.dumps({'names': names, 'opened': opened, 'results': sorted(results)}))
+'''
+
+
+def age(directory, seconds=60):
+    """Make every task file of the list look written long ago: a file changed
+    in the last two seconds is read each time, as its signature may not
+    show the next change (see runforrest._settled)."""
+    for state in STATES:
+        for name in names(directory, state):
+            then = time.time() - seconds
+            os.utime(task_file(directory, state, name), (then, then))
+
+
+def signature(path):
+    """A file's signature, as the record holds it first in each entry."""
+    status = os.stat(path)
+    return status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino
+
+
+@pytest.fixture
+def recorded(project):
+    """A project whose list holds pow(2, 1), pow(2, 2) and pow(2, 3) in todo/,
+    with their keys recorded; and the list's directory."""
+    project.write('keys.py', KEYS_SCRIPT)
+    results = str(project.path / 'results')
+    [first] = project.run('[1, 2, 3]', script='keys.py')
+    age(results)  # which changed every signature: the next script reads every file
+    [second] = project.run('[1, 2, 3]', script='keys.py')
+    assert second['names'] == first['names'] and second['opened'] == 3
+    assert os.path.exists(keys_record(results))
+    return project, results
+
+
+def test_a_script_run_again_reads_no_task_file_once_their_keys_are_recorded(recorded):
+    project, results = recorded
+    [again] = project.run('[1, 2, 3]', script='keys.py')
+    assert again['names'] == ['00000001-pow', '00000002-pow', '00000003-pow']
+    assert again['opened'] == 0
+
+
+def test_a_task_file_replaced_in_place_behind_the_records_back_is_read_again(recorded):
+    project, results = recorded
+    # 00000001 now holds pow(2, 2), with the same inode, size and modification
+    # time as before: only its change time tells.
+    first, second = task_file(results, 'todo', '00000001-pow'), task_file(results, 'todo', '00000002-pow')
+    before = os.stat(first)
+    assert os.path.getsize(second) == before.st_size
+    with open(second, 'rb') as source, open(first, 'r+b') as target:
+        target.write(source.read())
+    os.utime(first, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(first).st_ino == before.st_ino
+    [again] = project.run('[1, 2, 3]', 'run', script='keys.py')
+    assert again['opened'] >= 1
+    assert again['names'][1:] == ['00000002-pow', '00000003-pow']
+    assert again['names'][0] not in ('00000001-pow', '00000002-pow')  # pow(2, 1) is scheduled anew
+    assert {name: value for name, _, value in again['results']}[again['names'][0]] == 2
+
+
+@pytest.mark.parametrize('damage', ['garbage', 'cut short', 'no record', 'wrong entries'])
+def test_a_damaged_record_of_keys_is_ignored(recorded, damage):
+    project, results = recorded
+    path = keys_record(results)
+    with open(path, 'rb') as file:
+        data = file.read()
+    data = {'garbage': b'\x80\x05garbage' * 100, 'cut short': data[:len(data) // 2],
+            'no record': pickle.dumps([1, 2, 3]),
+            'wrong entries': pickle.dumps({'format': 1, 'states': {'todo': {
+                '00000001-pow': 7, '00000002-pow': 'not an entry',
+                '00000003-pow': signature(task_file(results, 'todo', '00000003-pow'))}}}),
+            }[damage]
+    with open(path, 'wb') as file:
+        file.write(data)
+    [again] = project.run('[1, 2, 3]', script='keys.py')
+    assert again['names'] == ['00000001-pow', '00000002-pow', '00000003-pow']
+    assert again['opened'] >= 2  # read, at least those the record cannot vouch for
+    [after] = project.run('[1, 2, 3]', script='keys.py')
+    assert after['opened'] == 0  # recorded anew
+
+
+def test_tasks_moved_from_todo_to_done_are_reused_from_done(recorded):
+    project, results = recorded
+    [ran] = project.run('[1, 2, 3]', 'run', script='keys.py')
+    assert [reused for _, reused, _ in ran['results']] == [False] * 3
+    assert names(results, 'done') == ran['names'] and names(results, 'todo') == []
+    [again] = project.run('[1, 2, 3]', 'run', script='keys.py')
+    assert again['names'] == ran['names']
+    assert again['results'] == [[name, True, 2 ** (i + 1)] for i, name in enumerate(ran['names'])]
+
+
+def test_a_task_file_that_another_machine_put_in_the_list_is_found(recorded, tmp_path):
+    project, results = recorded
+    # The other machine schedules pow(2, 4) on its copy of the list, and its
+    # file appears in the shared todo/ with the time it was written there.
+    other = tmp_path / 'other'
+    shutil.copytree(results, other / 'results')
+    machine = Project(other)
+    machine.write('keys.py', KEYS_SCRIPT)
+    [there] = machine.run('[1, 2, 3, 4]', script='keys.py')
+    assert there['names'][3] == '00000004-pow'
+    shutil.copy2(task_file(str(other / 'results'), 'todo', '00000004-pow'),
+                 task_file(results, 'todo', '00000004-pow'))
+    [again] = project.run('[1, 2, 3, 4]', script='keys.py')
+    assert again['names'] == ['00000001-pow', '00000002-pow', '00000003-pow', '00000004-pow']
+    assert again['opened'] == 1  # that file alone
