@@ -447,7 +447,7 @@ def _flatten(root, cut=None):
     them becomes the `_Result` of that name, and what is below it goes."""
     position = {}
     nodes = []
-    for task in _postorder(root, cut and (lambda task: task._key in cut)):
+    for task in _postorder(root, (lambda task: task._key in cut) if cut else None):
         def ref(value):
             return _Ref(position[value._key]) if isinstance(value, Task) else value
         if cut and task is not root and task._key in cut:
@@ -458,6 +458,19 @@ def _flatten(root, cut=None):
                           {key: ref(value) for key, value in task._kwargs.items()}))
         position[task._key] = len(nodes) - 1
     return nodes
+
+
+class _Graph:
+    """A task graph as `_flatten` gives it, which pickles as its root task:
+    schedule() pickles a graph with its cut so, without building the tasks
+    of the cut graph first, which for a task that takes the results of
+    thousands would be as many tasks more in the driver."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def __reduce__(self):
+        return _rebuild, (self.nodes,)
 
 
 def _rebuild(nodes):
@@ -2370,7 +2383,7 @@ class TaskList:
                 return self._reuse_task(task, key, *match)
             parts = _key_parts(task, cut, dependency_keys, self._ledger.files, extra)
         try:
-            record = _dumps({'task': _rebuild(_flatten(task, cut)) if cut else task,
+            record = _dumps({'task': _Graph(_flatten(task, cut)),
                              'metadata': metadata})
         except NotPicklable as error:
             raise NotPicklable(f'cannot schedule {task!r} with metadata '
