@@ -1587,7 +1587,9 @@ def _argument_name(node, which):
 # cut short: a result that a power cut caught before it reached the disk.
 # The RECORD is written as raw bytes and the outcome is pickled straight
 # after it, with its own end opcode replaced by the call's, so that neither
-# is pickled twice nor held twice in memory.
+# is pickled twice nor held twice in memory. The outcome, read alone, is
+# its own pickle again with that opcode put back (`_read_outcome`): a yielded
+# task's result is read without the task, whose graph may be much larger.
 
 FORMAT = 2
 _END = b'\nrunforrest end\n'
@@ -1814,6 +1816,11 @@ def _scratch(path):
 
 def _read_header(file, path):
     """The index of an open task file (see the format above), read from its end."""
+    return _read_index(file, path)[0]
+
+
+def _read_index(file, path):
+    """The index of an open task file, and the offset where it begins."""
     fd = file.fileno()
     size = os.fstat(fd).st_size
     tail = os.pread(fd, min(size, 1 << 12), max(0, size - (1 << 12)))
@@ -1825,7 +1832,7 @@ def _read_header(file, path):
     try:
         header = pickle.loads(tail[-_TRAILER_SIZE - index_size:-_TRAILER_SIZE])
         if header['format'] == FORMAT:
-            return header
+            return header, size - _TRAILER_SIZE - index_size
     except Exception:
         pass
     raise TaskFileError(f'{path} is not a readable task file: its index is damaged',
@@ -1906,12 +1913,9 @@ def read_task(path, outcome=True):
     with _open_taskfile(path) as file:
         header, record = _read_parts(file, path)
         ran = header['state'] != 'todo'
+        task = Value(None) if header.get('damaged') else _unpack(record, path)
         if outcome and ran:
-            task = _load_whole(file, path)
-        elif header.get('damaged'):
-            task = _restore(record, None, damaged=True)
-        else:
-            task = _unpack(record, path)
+            task.__dict__.update(_read_outcome(file, path))
     task.taskname = _name_of(path)
     directory = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     task.__dict__.update(_scheduled={directory: task.taskname}, _after=header.get('after', []))
@@ -1924,19 +1928,57 @@ def read_task(path, outcome=True):
     return task
 
 
-def _load_whole(file, path):
-    """The task of an open task file, with its outcome: the file unpickled."""
-    task = _load(lambda: pickle.load(file), path, 'task and its outcome')
-    if not isinstance(task, Task):
-        raise TaskFileError(f'{path} holds no runforrest task', path=path,
-                            reason='no task in the file')
-    return task
-
-
 def _load_outcome(path):
     with _open_taskfile(path) as file:
-        task = _load_whole(file, path)
-    return {name: task.__dict__.get(name) for name in ('returnvalue', 'errorvalue', 'traceback')}
+        return _read_outcome(file, path)
+
+
+def _read_outcome(file, path):
+    """returnvalue, errorvalue and traceback of an open result file, read
+    from its outcome alone (see the file format)."""
+    header, index_start = _read_index(file, path)
+    closing = _CLOSING_DAMAGED if header.get('damaged') else _CLOSING
+    start, end = header['record_offset'] + header['record_size'], index_start - len(closing)
+    outcome = None
+    if start < end and os.pread(file.fileno(), len(closing), end) == closing:
+        outcome = _load(lambda: pickle.load(_Stopped(file, start, end)), path, 'outcome')
+    if not isinstance(outcome, dict):
+        raise TaskFileError(f'{path} holds no outcome where its index says', path=path,
+                            reason='no outcome in the file')
+    return {name: outcome.get(name) for name in ('returnvalue', 'errorvalue', 'traceback')}
+
+
+class _Stopped:
+    """An open file from start to end, and then STOP: the outcome of a
+    result file, which the closing took its STOP from, read as the pickle
+    it was. readinto lets pickle read a large value straight into place."""
+
+    def __init__(self, file, start, end):
+        file.seek(start)
+        self.file, self.left, self.stop = file, end - start, pickle.STOP
+
+    def read(self, size):
+        data = self.file.read(min(size, self.left))
+        self.left -= len(data)
+        if len(data) < size and not self.left:
+            data, self.stop = data + self.stop, b''
+        return data
+
+    def readinto(self, buffer):
+        view = memoryview(buffer)
+        count = self.file.readinto(view[:self.left])
+        self.left -= count
+        if count < len(view) and not self.left and self.stop:
+            view[count], self.stop = self.stop[0], b''
+            count += 1
+        return count
+
+    def readline(self):
+        line = self.file.readline(self.left)
+        self.left -= len(line)
+        if not line.endswith(b'\n') and not self.left:
+            line, self.stop = line + self.stop, b''
+        return line
 
 
 def _name_of(path):
