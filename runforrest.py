@@ -236,6 +236,11 @@ class Task:
         self._key = os.urandom(8).hex()
 
     def __getattr__(self, name):
+        values = self.__dict__
+        if name in _CALL and '_load_call' in values:  # see read_task
+            values.update(values['_load_call']())
+            del values['_load_call']
+            return values[name]
         if name.startswith('_'):
             raise AttributeError(name)
         return Attribute(self, name)
@@ -270,6 +275,9 @@ class Task:
         return value_of(self._fun)(*map(value_of, self._args),
                                    **{key: value_of(value)
                                       for key, value in self._kwargs.items()})
+
+
+_CALL = ('_fun', '_args', '_kwargs')  # what a task calls: the graph behind it
 
 
 class Call(Task):
@@ -1570,8 +1578,9 @@ def _argument_name(node, which):
 # metadata and, once it ran, its outcome:
 #
 #   _restore(RECORD, OUTCOME)
-#     RECORD: the bytes of {'task': ..., 'metadata': ...} as schedule()
-#             pickled them, copied unchanged from todo/ into the result;
+#     RECORD: the bytes of two pickles, as schedule() made them: the head,
+#             (the task's class, its key, its metadata), and then the task
+#             (`_Graph`); copied unchanged from todo/ into the result;
 #     OUTCOME: None in todo/; in a result {'returnvalue': ...} or
 #             {'errorvalue': ..., 'traceback': ...}, and 'runtime'.
 #
@@ -1588,8 +1597,10 @@ def _argument_name(node, which):
 # The RECORD is written as raw bytes and the outcome is pickled straight
 # after it, with its own end opcode replaced by the call's, so that neither
 # is pickled twice nor held twice in memory. The outcome, read alone, is
-# its own pickle again with that opcode put back (`_read_outcome`): a yielded
-# task's result is read without the task, whose graph may be much larger.
+# its own pickle again with that opcode put back (`_read_outcome`); the head
+# is read alone too (`read_task`): reading what a task is named, holds and
+# returned reads no graph, however many tasks it depends on, until its call
+# is used.
 
 FORMAT = 2
 _END = b'\nrunforrest end\n'
@@ -1601,6 +1612,10 @@ _RECORD_OFFSET = len(_OPENING) + 8
 _CLOSING = pickle.TUPLE2 + pickle.REDUCE + pickle.STOP  # _restore(RECORD, OUTCOME)
 _CLOSING_DAMAGED = pickle.NEWTRUE + pickle.TUPLE3 + pickle.REDUCE + pickle.STOP
 _MAIN_MODULE = '__main__'
+# Bytes of a record that read_task reads with its head; a larger one waits
+# until the task's call is used, so that yielding a task that takes the
+# results of thousands builds no graph of thousands in the driver.
+_EAGER_RECORD = 1 << 16
 
 
 def _restore(record, outcome, damaged=False):
@@ -1696,10 +1711,12 @@ def _dump(obj, file, tasks_aside=False):
                            type_name=type(obj).__name__) from None
 
 
-def _dumps(obj):
+def _dumps(*objs):
+    """The pickles of objs, one after the other."""
     import io
     buffer = io.BytesIO()
-    _dump(obj, buffer)
+    for obj in objs:
+        _dump(obj, buffer)
     return buffer.getvalue()
 
 
@@ -1888,21 +1905,64 @@ def _load(data, path, what):
 
 def _unpack(record, path):
     """The task, with its metadata, from a task file's record."""
-    stored = _load(record, path, 'task')
-    if not isinstance(stored, dict) or not isinstance(stored.get('task'), Task):
+    import io
+    stream = io.BytesIO(record)
+    task = _read_head(stream, path)
+    task.__dict__.update(_read_call(stream, path, task))
+    return task
+
+
+def _read_head(stream, path):
+    """The task of a record read from stream (see the file format), from its
+    head: with its metadata and key, without its call."""
+    head = _load(lambda: pickle.load(stream), path, 'task')
+    if not (type(head) is tuple and len(head) == 3 and isinstance(head[0], type)
+            and issubclass(head[0], Task)):
         raise TaskFileError(f'{path} holds no runforrest task', path=path,
                             reason='no task in the record')
-    task = stored['task']
-    task.metadata = stored.get('metadata')
+    cls, key, metadata = head
+    task = cls.__new__(cls)
+    task.__dict__.update(_key=key, metadata=metadata)
     return task
+
+
+def _read_call(stream, path, task):
+    """The call of a task whose head was read from stream: the attributes of
+    `_CALL`, with the graph behind them, from the record's second pickle."""
+    root = _load(lambda: pickle.load(stream), path, 'task')
+    if not isinstance(root, Task) or root._key != task._key:
+        raise TaskFileError(f'{path} holds no runforrest task', path=path,
+                            reason='no task in the record')
+    return {name: root.__dict__[name] for name in _CALL}
+
+
+def _load_call(path):
+    """The call of the task in the task file at path, or, as its record is
+    the same in every state, in the file of the same name in another
+    state of its list, if it moved since (run, retry)."""
+    directory, base = os.path.split(path)
+    elsewhere = [os.path.join(os.path.dirname(directory), state, base) for state in STATES]
+    for candidate in [path, *elsewhere]:
+        try:
+            with _open_taskfile(candidate) as file:
+                header = _read_header(file, candidate)
+                file.seek(header['record_offset'])
+                return _read_call(file, candidate, _read_head(file, candidate))
+        except TaskFileError as error:
+            if error.reason != 'missing':
+                raise
+    raise TaskFileError(f'task file {path} does not exist, nor in another state of its list',
+                        path=path, reason='missing')
 
 
 def read_task(path, outcome=True):
     """The task stored in a task file of any state, with its metadata and
     taskname, and with returnvalue, errorvalue, traceback and runtime if it
     has run. With outcome=False, the outcome is read from the file only when
-    it is first asked for. Pickle or dill load the same task from the file,
-    without the checks.
+    it is first asked for. What a large task calls (its function and
+    arguments, and the graph of tasks behind them: thousands of dependencies,
+    or arguments of megabytes) is read from the file when first used. Pickle
+    or dill load the same task from the file, without the checks.
 
     A task read from a task list's file is that list's task: scheduled in a
     graph on the list, it passes its stored returnvalue on (see
@@ -1910,33 +1970,42 @@ def read_task(path, outcome=True):
 
     Raises `TaskFileError` if the file is missing or cannot be loaded.
     """
+    where = os.path.abspath(path)  # for what is read later, whatever the directory then
     with _open_taskfile(path) as file:
-        header, record = _read_parts(file, path)
+        header, index_start = _read_index(file, path)
         ran = header['state'] != 'todo'
-        task = Value(None) if header.get('damaged') else _unpack(record, path)
+        if header.get('damaged'):
+            task = Value(None)
+        else:
+            file.seek(header['record_offset'])
+            task = _read_head(file, path)
+            if header['record_size'] <= _EAGER_RECORD:
+                task.__dict__.update(_read_call(file, path, task))
+            else:
+                task.__dict__['_load_call'] = lambda: _load_call(where)
         if outcome and ran:
-            task.__dict__.update(_read_outcome(file, path))
+            task.__dict__.update(_read_outcome(file, path, header, index_start))
     task.taskname = _name_of(path)
-    directory = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    directory = os.path.dirname(os.path.dirname(where))
     task.__dict__.update(_scheduled={directory: task.taskname}, _after=header.get('after', []))
     if ran:
         task.runtime = header.get('runtime')
         if not outcome:
             task.__dict__.update({'errorvalue': None, 'traceback': None}
                                  if header['state'] == 'done' else {'returnvalue': None})
-            task.__dict__['_load_outcome'] = lambda: _load_outcome(path)
+            task.__dict__['_load_outcome'] = lambda: _load_outcome(where)
     return task
 
 
 def _load_outcome(path):
     with _open_taskfile(path) as file:
-        return _read_outcome(file, path)
+        return _read_outcome(file, path, *_read_index(file, path))
 
 
-def _read_outcome(file, path):
+def _read_outcome(file, path, header, index_start):
     """returnvalue, errorvalue and traceback of an open result file, read
-    from its outcome alone (see the file format)."""
-    header, index_start = _read_index(file, path)
+    from its outcome alone (see the file format); header is its index, which
+    begins at index_start."""
     closing = _CLOSING_DAMAGED if header.get('damaged') else _CLOSING
     start, end = header['record_offset'] + header['record_size'], index_start - len(closing)
     outcome = None
@@ -2425,8 +2494,7 @@ class TaskList:
                 return self._reuse_task(task, key, *match)
             parts = _key_parts(task, cut, dependency_keys, self._ledger.files, extra)
         try:
-            record = _dumps({'task': _Graph(_flatten(task, cut)),
-                             'metadata': metadata})
+            record = _dumps((type(task), task._key, metadata), _Graph(_flatten(task, cut)))
         except NotPicklable as error:
             raise NotPicklable(f'cannot schedule {task!r} with metadata '
                                f'{_abbreviate(metadata)}: {error}',

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import tracemalloc
 
 import pytest
 
@@ -324,3 +325,47 @@ def test_a_large_intermediate_result_is_never_held_by_the_driver(tmp_path):
     length, grown = map(int, done.stdout.split())
     assert length == 200 << 20
     assert grown < 50, f'the driver grew by {grown} MiB'
+
+
+PARTS = 5000  # items of one result: a graph of thousands of tasks, behind one dependency
+
+
+def schedule_a_large_graph(tasklist, last):
+    """A task whose graph holds PARTS tasks, each an item of one scheduled
+    task's result, and last(their sum)."""
+    numbers = defer(list, range(PARTS))
+    tasklist.schedule(numbers)
+    task = defer(last, defer(sum, [numbers[index] for index in range(PARTS)]))
+    tasklist.schedule(task, metadata='large')
+    return task
+
+
+def test_yielding_a_task_of_a_large_graph_builds_none_of_it_in_the_driver(tasklist):
+    total = schedule_a_large_graph(tasklist, int)
+    tracemalloc.start()
+    try:
+        for task in tasklist.run(nprocesses=1):
+            if task != total:  # from here on: filing it, running total, yielding it
+                tracemalloc.reset_peak()
+                before = tracemalloc.get_traced_memory()[0]
+                continue
+            assert (task.returnvalue, task.metadata) == (sum(range(PARTS)), 'large')
+            grown = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    # Built, its graph would take some 600 bytes per task.
+    assert grown < PARTS * 100, f'the driver allocated {grown >> 10} KiB to yield it'
+
+
+def test_a_large_task_read_back_reads_its_call_when_used_wherever_its_file_went(tasklist):
+    ratio = schedule_a_large_graph(tasklist, lambda total: total / 0)
+    [failed] = [task for task in tasklist.run(nprocesses=1) if task.errorvalue is not None]
+    assert failed == ratio and isinstance(failed.errorvalue, ZeroDivisionError)
+    tasklist.retry()  # its file moves back to todo/, where its call is read from
+    [total] = failed._args
+    assert total._fun is sum and len(total._args[0]._args) == 1 + PARTS
+    again = runforrest.read_task(tasklist._path('todo', failed.taskname))
+    assert (again, again.metadata) == (ratio, 'large')
+    tasklist.clean()
+    with pytest.raises(runforrest.TaskFileError, match='does not exist'):
+        again._args
