@@ -3899,9 +3899,13 @@ class _Dependencies:
 
     def __init__(self, tasklist, unfinished, unrun):
         self.tasklist = tasklist
-        self.unfinished = set(unfinished)  # the names this run has yet to file
+        # The names this run has yet to file, each the key of itself: a name
+        # read from a dependent's index is kept as this one, not as a copy.
+        self.unfinished = {name: name for name in unfinished}
         self.missing = {}  # waiting task: how many of its dependencies are not done yet
-        self.dependents = {}  # task: the waiting tasks that depend on it
+        # task: the first waiting task that depends on it, and in `more` the
+        # others; most tasks have one dependent, and need no list of them.
+        self.dependents, self.more = {}, {}
         self.unrun = unrun
 
     def __len__(self):
@@ -3910,29 +3914,33 @@ class _Dependencies:
 
     def add(self, name):
         """Take in a todo task of the run; return whether it may start now."""
-        self.unfinished.add(name)
+        self.unfinished[name] = name
         try:
             after = _header_of(self.tasklist._path('todo', name)).get('after', ())
         except (OSError, TaskFileError):
             return True  # its process will say what is wrong with its file
-        waiting = [other for other in after if other in self.unfinished]
+        waiting = []
         for other in after:
-            if other not in self.unfinished and not os.path.exists(self.tasklist._path('done', other)):
+            if other in self.unfinished:
+                waiting.append(self.unfinished[other])
+            elif not os.path.exists(self.tasklist._path('done', other)):
                 self._fail(name, other)
                 return False
         if not waiting:
             return True
         self.missing[name] = len(waiting)
         for other in waiting:
-            self.dependents.setdefault(other, []).append(name)
+            if self.dependents.setdefault(other, name) != name:
+                self.more.setdefault(other, []).append(name)
         return False
 
     def filed(self, name, done):
         """The task name was filed in done/ (or fail/): return the tasks that
         may start now."""
-        self.unfinished.discard(name)
+        self.unfinished.pop(name, None)
         ready = []
-        for dependent in self.dependents.pop(name, ()):
+        first = self.dependents.pop(name, None)
+        for dependent in () if first is None else (first, *self.more.pop(name, ())):
             if dependent not in self.missing:
                 continue  # failed already, for another dependency
             if not done:
@@ -3952,6 +3960,7 @@ class _Dependencies:
             del self.missing[name]
             self._fail(name, None)
         self.dependents.clear()
+        self.more.clear()
 
     def _fail(self, name, dependency):
         tasklist = self.tasklist

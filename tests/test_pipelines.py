@@ -105,6 +105,21 @@ def test_after_orders_tasks_that_pass_no_data(tasklist, tmp_path):
     assert finished[by_name].returnvalue == 'again'
 
 
+def test_a_diamond_runs_each_task_after_all_that_it_depends_on(tasklist):
+    # One task with three dependents, each of them a dependency of the last.
+    source = defer(tasks.prepare, 1)
+    tasklist.schedule(source)
+    middles = [defer(tasks.dostuff, source[1], defer(factor)) for factor in (1, 2, 3)]
+    for middle in middles:
+        tasklist.schedule(middle)
+    last = tasklist.schedule(defer(tasks.summarize, middles))
+    finished = run_all(tasklist, nprocesses=2)
+    assert list(finished)[0].endswith('prepare') and list(finished)[-1] == last
+    assert [task.returnvalue['value'] for task in finished.values()
+            if task.taskname.endswith('dostuff')] == [3, 4, 5]
+    assert finished[last].returnvalue == 3 + 4 + 5
+
+
 def test_a_waiting_task_holds_no_process(tasklist, tmp_path):
     # The first task waits for the third; the second depends on the first. If
     # the waiting second task held one of the two processes, the third could
