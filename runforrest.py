@@ -443,29 +443,29 @@ def evaluate(task):
     return values[task._key]
 
 
-class _Ref(int):
-    """Position of a task in a flattened graph."""
-
-
 def _flatten(root, cut=None):
-    """root's graph as a flat list of nodes, children first, each task
-    replaced by its position: pickling it then needs no recursion.
+    """root's graph as a flat list of nodes, children first, in each of them
+    each task replaced by its node, the very tuple: pickled in this order,
+    a node's tasks are references to what was pickled already, which needs
+    no recursion, and a task with thousands of arguments costs no object
+    for each of them.
 
     cut maps the keys of tasks scheduled on a list to their names; each of
-    them becomes the `_Result` of that name, and what is below it goes."""
-    position = {}
-    nodes = []
+    them becomes the `_Result` of that name, and what is below it goes. Its
+    node is (key, name) alone: a task may take the results of thousands."""
+    node_of = {}
+
+    def node(value):
+        return node_of[value._key] if isinstance(value, Task) else value
+
     for task in _postorder(root, (lambda task: task._key in cut) if cut else None):
-        def ref(value):
-            return _Ref(position[value._key]) if isinstance(value, Task) else value
         if cut and task is not root and task._key in cut:
-            nodes.append((_Result, task._key, _stored_result, (cut[task._key],), {}))
+            node_of[task._key] = (task._key, cut[task._key])
         else:
-            nodes.append((type(task), task._key, ref(task._fun),
-                          tuple(map(ref, task._args)),
-                          {key: ref(value) for key, value in task._kwargs.items()}))
-        position[task._key] = len(nodes) - 1
-    return nodes
+            node_of[task._key] = (type(task), task._key, node(task._fun),
+                                  tuple(map(node, task._args)),
+                                  {key: node(value) for key, value in task._kwargs.items()})
+    return list(node_of.values())
 
 
 class _Graph:
@@ -482,18 +482,20 @@ class _Graph:
 
 
 def _rebuild(nodes):
-    tasks = []
+    tasks = {}  # id of a node: its task
 
-    def deref(value):
-        return tasks[value] if type(value) is _Ref else value
+    def task_of(value):
+        return tasks.get(id(value), value)
 
-    for cls, key, fun, args, kwargs in nodes:
+    for node in nodes:
+        cls, key, fun, args, kwargs = (_Result, node[0], _stored_result, node[1:], {}) \
+            if len(node) == 2 else node
         task = cls.__new__(cls)
-        task.__dict__.update(_fun=deref(fun), _args=tuple(map(deref, args)),
-                             _kwargs={k: deref(v) for k, v in kwargs.items()},
+        task.__dict__.update(_fun=task_of(fun), _args=tuple(map(task_of, args)),
+                             _kwargs={k: task_of(v) for k, v in kwargs.items()},
                              _key=key)
-        tasks.append(task)
-    return tasks[-1]
+        tasks[id(node)] = task
+    return task
 
 
 def _describe(task, depth=2):
@@ -1632,10 +1634,20 @@ def _index_bytes(index):
     return data + len(data).to_bytes(8, 'little') + _END
 
 
-def _todo_bytes(record, index):
-    """A todo file: its task, with no outcome yet, and its index."""
-    return b''.join((_OPENING, len(record).to_bytes(8, 'little'), record,
-                     pickle.NONE, _CLOSING, _index_bytes(index)))
+def _todo_bytes(parts, index):
+    """A todo file: its task, whose record is the pickles of parts, with no
+    outcome yet, and its index, with the record's size. All in one buffer:
+    a large record is never copied."""
+    import io
+    buffer = io.BytesIO()
+    buffer.write(_OPENING + bytes(8))
+    for part in parts:
+        _dump(part, buffer)
+    size = buffer.tell() - _RECORD_OFFSET
+    buffer.write(pickle.NONE + _CLOSING + _index_bytes({**index, 'record_size': size}))
+    with buffer.getbuffer() as view:
+        view[len(_OPENING):_RECORD_OFFSET] = size.to_bytes(8, 'little')
+    return buffer.getvalue()
 
 
 class _FastPickler(pickle.Pickler):
@@ -1711,12 +1723,10 @@ def _dump(obj, file, tasks_aside=False):
                            type_name=type(obj).__name__) from None
 
 
-def _dumps(*objs):
-    """The pickles of objs, one after the other."""
+def _dumps(obj):
     import io
     buffer = io.BytesIO()
-    for obj in objs:
-        _dump(obj, buffer)
+    _dump(obj, buffer)
     return buffer.getvalue()
 
 
@@ -2493,21 +2503,21 @@ class TaskList:
             if match is not None:
                 return self._reuse_task(task, key, *match)
             parts = _key_parts(task, cut, dependency_keys, self._ledger.files, extra)
-        try:
-            record = _dumps((type(task), task._key, metadata), _Graph(_flatten(task, cut)))
-        except NotPicklable as error:
-            raise NotPicklable(f'cannot schedule {task!r} with metadata '
-                               f'{_abbreviate(metadata)}: {error}',
-                               type_name=error.type_name) from None
-        index = {'state': 'todo', 'record_size': len(record), 'sys_path': list(sys.path),
-                 'cwd': os.getcwd(), 'tasklist': self.directory}
+        index = {'state': 'todo', 'sys_path': list(sys.path), 'cwd': os.getcwd(),
+                 'tasklist': self.directory}
         if dependencies:
             index['after'] = dependencies
         if outputs:
             index['outputs'] = outputs
         if key is not None:
             index.update(key=key, parts=parts, why=self._ledger.why(counterpart, key, parts))
-        data = _todo_bytes(record, index)
+        try:
+            data = _todo_bytes([(type(task), task._key, metadata), _Graph(_flatten(task, cut))],
+                               index)
+        except NotPicklable as error:
+            raise NotPicklable(f'cannot schedule {task!r} with metadata '
+                               f'{_abbreviate(metadata)}: {error}',
+                               type_name=error.type_name) from None
         label = _label(task)
         self._begin_scheduling()
         while True:

@@ -355,6 +355,22 @@ def schedule_a_large_graph(tasklist, last):
     return task
 
 
+def test_scheduling_a_task_that_takes_thousands_of_results_copies_little(tasklist):
+    sources = [defer(tasks.pid) for _ in range(PARTS)]
+    for source in sources:
+        tasklist.schedule(source)
+    tracemalloc.start()
+    try:
+        name = tasklist.schedule(defer(sum, sources))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(runforrest.read_task(tasklist._path('todo', name)).__dict__['_after']) == PARTS
+    # Its file takes some 50 bytes per dependency, pickling them some 250 to
+    # 450; building its graph again, or copying its pickle, took 850 and more.
+    assert peak < PARTS * 600, f'{peak // PARTS} bytes per dependency'
+
+
 def test_yielding_a_task_of_a_large_graph_builds_none_of_it_in_the_driver(tasklist):
     total = schedule_a_large_graph(tasklist, int)
     tracemalloc.start()
