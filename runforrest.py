@@ -222,6 +222,7 @@ class Task:
     """
 
     metadata = None
+    _scheduled = ()  # (directory, name) of each list it is scheduled on: see TaskList._mark
     returnvalue = _Outcome()
     errorvalue = _Outcome()
     traceback = _Outcome()
@@ -1997,7 +1998,8 @@ def read_task(path, outcome=True):
             task.__dict__.update(_read_outcome(file, path, header, index_start))
     task.taskname = _name_of(path)
     directory = os.path.dirname(os.path.dirname(where))
-    task.__dict__.update(_scheduled={directory: task.taskname}, _after=header.get('after', []))
+    task.__dict__.update(_scheduled=((directory, task.taskname),),
+                         _after=header.get('after', []))
     if ran:
         task.runtime = header.get('runtime')
         if not outcome:
@@ -2530,7 +2532,7 @@ class TaskList:
                 self._next_index = self._highest_index() + 1
             except FileNotFoundError:  # the list was cleaned away; start it anew
                 self._make_layout()
-        task.__dict__.setdefault('_scheduled', {})[self.directory] = name
+        self._mark(task, name)
         if self._ledger is not None:
             self._ledger.add(name, key, reused=False)
             self._ledger.latest[key] = ('todo', name)
@@ -2565,7 +2567,7 @@ class TaskList:
     def _reuse_task(self, task, key, state, name):
         """Stand for the task name, which has the same key, instead of
         scheduling task again."""
-        task.__dict__.setdefault('_scheduled', {})[self.directory] = name
+        self._mark(task, name)
         self._begin_scheduling()
         self._ledger.add(name, key, reused=state == 'done')
         if self._joining is not None:
@@ -2605,18 +2607,26 @@ class TaskList:
                 f'schedules {_label(task)}, where the script scheduled {name}. '
                 f'Run the script that scheduled the list, or start it anew with '
                 f'TaskList({self.directory!r}, exist_ok=True)')
-        task.__dict__.setdefault('_scheduled', {})[self.directory] = name
+        self._mark(task, name)
         self._begin_scheduling()
         return True, name
+
+    def _mark(self, task, name):
+        """Note on task that it is the task name of this list, for the graphs
+        that use it (see `_dependencies`): an attribute, a tuple, since a
+        dict, or the task's __dict__, which asking for makes, would cost as
+        much as the task itself, for each of thousands."""
+        task._scheduled = (*(place for place in task._scheduled if place[0] != self.directory),
+                           (self.directory, name))
 
     def _dependencies(self, task, after):
         """The tasks that task depends on: {key: name} of those in its graph
         (see `_flatten`), and the names of all of them, and of after's."""
         cut, names = {}, []
-        for node in _postorder(task, lambda node: '_scheduled' in node.__dict__):
-            places = node.__dict__.get('_scheduled')
-            if node is task or places is None:
+        for node in _postorder(task, lambda node: node._scheduled):
+            if node is task or not node._scheduled:
                 continue
+            places = dict(node._scheduled)
             if self.directory not in places:
                 raise TaskListError(
                     f'{task!r} uses {node!r}, which was scheduled on another task '
@@ -2628,7 +2638,7 @@ class TaskList:
             after = [after]
         for other in after:
             if isinstance(other, Task):
-                name = other.__dict__.get('_scheduled', {}).get(self.directory)
+                name = dict(other._scheduled).get(self.directory)
                 if name is None:
                     raise TaskListError(
                         f'after= names {other!r}, which was never scheduled on '
