@@ -409,7 +409,7 @@ def _postorder(root, stop=None):
 
     Iterative, so that a chain 100,000 tasks deep meets no recursion limit.
     """
-    seen = set()
+    seen = {}  # the keys of those yielded: a dict takes half the memory of a set
     stack = [root]
     while stack:
         task = stack[-1]
@@ -422,7 +422,7 @@ def _postorder(root, stop=None):
                 stack.extend(missing)
                 continue
         stack.pop()
-        seen.add(task._key)
+        seen[task._key] = None
         yield task
 
 
@@ -453,7 +453,8 @@ def _flatten(root, cut=None):
 
     cut maps the keys of tasks scheduled on a list to their names; each of
     them becomes the `_Result` of that name, and what is below it goes. Its
-    node is (key, name) alone: a task may take the results of thousands."""
+    node is 'KEY NAME', one string: a task may take the results of thousands,
+    and pickling remembers every object it pickles, to refer to it again."""
     node_of = {}
 
     def node(value):
@@ -461,7 +462,7 @@ def _flatten(root, cut=None):
 
     for task in _postorder(root, (lambda task: task._key in cut) if cut else None):
         if cut and task is not root and task._key in cut:
-            node_of[task._key] = (task._key, cut[task._key])
+            node_of[task._key] = f'{task._key} {cut[task._key]}'
         else:
             node_of[task._key] = (type(task), task._key, node(task._fun),
                                   tuple(map(node, task._args)),
@@ -489,8 +490,11 @@ def _rebuild(nodes):
         return tasks.get(id(value), value)
 
     for node in nodes:
-        cls, key, fun, args, kwargs = (_Result, node[0], _stored_result, node[1:], {}) \
-            if len(node) == 2 else node
+        if type(node) is str:  # a task of the cut
+            key, name = node.split(' ')
+            cls, fun, args, kwargs = _Result, _stored_result, (name,), {}
+        else:
+            cls, key, fun, args, kwargs = node
         task = cls.__new__(cls)
         task.__dict__.update(_fun=task_of(fun), _args=tuple(map(task_of, args)),
                              _kwargs={k: task_of(v) for k, v in kwargs.items()},
