@@ -222,6 +222,7 @@ class Task:
     """
 
     metadata = None
+    _scheduled = ()  # (directory, name) of each list it is scheduled on: see TaskList._mark
     returnvalue = _Outcome()
     errorvalue = _Outcome()
     traceback = _Outcome()
@@ -236,6 +237,11 @@ class Task:
         self._key = os.urandom(8).hex()
 
     def __getattr__(self, name):
+        values = self.__dict__
+        if name in _CALL and '_load_call' in values:  # see read_task
+            values.update(values['_load_call']())
+            del values['_load_call']
+            return values[name]
         if name.startswith('_'):
             raise AttributeError(name)
         return Attribute(self, name)
@@ -270,6 +276,9 @@ class Task:
         return value_of(self._fun)(*map(value_of, self._args),
                                    **{key: value_of(value)
                                       for key, value in self._kwargs.items()})
+
+
+_CALL = ('_fun', '_args', '_kwargs')  # what a task calls: the graph behind it
 
 
 class Call(Task):
@@ -400,7 +409,7 @@ def _postorder(root, stop=None):
 
     Iterative, so that a chain 100,000 tasks deep meets no recursion limit.
     """
-    seen = set()
+    seen = {}  # the keys of those yielded: a dict takes half the memory of a set
     stack = [root]
     while stack:
         task = stack[-1]
@@ -413,7 +422,7 @@ def _postorder(root, stop=None):
                 stack.extend(missing)
                 continue
         stack.pop()
-        seen.add(task._key)
+        seen[task._key] = None
         yield task
 
 
@@ -435,44 +444,63 @@ def evaluate(task):
     return values[task._key]
 
 
-class _Ref(int):
-    """Position of a task in a flattened graph."""
-
-
 def _flatten(root, cut=None):
-    """root's graph as a flat list of nodes, children first, each task
-    replaced by its position: pickling it then needs no recursion.
+    """root's graph as a flat list of nodes, children first, in each of them
+    each task replaced by its node, the very tuple: pickled in this order,
+    a node's tasks are references to what was pickled already, which needs
+    no recursion, and a task with thousands of arguments costs no object
+    for each of them.
 
     cut maps the keys of tasks scheduled on a list to their names; each of
-    them becomes the `_Result` of that name, and what is below it goes."""
-    position = {}
-    nodes = []
-    for task in _postorder(root, cut and (lambda task: task._key in cut)):
-        def ref(value):
-            return _Ref(position[value._key]) if isinstance(value, Task) else value
+    them becomes the `_Result` of that name, and what is below it goes. Its
+    node is 'KEY NAME', one string: a task may take the results of thousands,
+    and pickling remembers every object it pickles, to refer to it again."""
+    node_of = {}
+
+    def node(value):
+        return node_of[value._key] if isinstance(value, Task) else value
+
+    for task in _postorder(root, (lambda task: task._key in cut) if cut else None):
         if cut and task is not root and task._key in cut:
-            nodes.append((_Result, task._key, _stored_result, (cut[task._key],), {}))
+            node_of[task._key] = f'{task._key} {cut[task._key]}'
         else:
-            nodes.append((type(task), task._key, ref(task._fun),
-                          tuple(map(ref, task._args)),
-                          {key: ref(value) for key, value in task._kwargs.items()}))
-        position[task._key] = len(nodes) - 1
-    return nodes
+            node_of[task._key] = (type(task), task._key, node(task._fun),
+                                  tuple(map(node, task._args)),
+                                  {key: node(value) for key, value in task._kwargs.items()})
+    return list(node_of.values())
+
+
+class _Graph:
+    """A task graph as `_flatten` gives it, which pickles as its root task:
+    schedule() pickles a graph with its cut so, without building the tasks
+    of the cut graph first, which for a task that takes the results of
+    thousands would be as many tasks more in the driver."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def __reduce__(self):
+        return _rebuild, (self.nodes,)
 
 
 def _rebuild(nodes):
-    tasks = []
+    tasks = {}  # id of a node: its task
 
-    def deref(value):
-        return tasks[value] if type(value) is _Ref else value
+    def task_of(value):
+        return tasks.get(id(value), value)
 
-    for cls, key, fun, args, kwargs in nodes:
+    for node in nodes:
+        if type(node) is str:  # a task of the cut
+            key, name = node.split(' ')
+            cls, fun, args, kwargs = _Result, _stored_result, (name,), {}
+        else:
+            cls, key, fun, args, kwargs = node
         task = cls.__new__(cls)
-        task.__dict__.update(_fun=deref(fun), _args=tuple(map(deref, args)),
-                             _kwargs={k: deref(v) for k, v in kwargs.items()},
+        task.__dict__.update(_fun=task_of(fun), _args=tuple(map(task_of, args)),
+                             _kwargs={k: task_of(v) for k, v in kwargs.items()},
                              _key=key)
-        tasks.append(task)
-    return tasks[-1]
+        tasks[id(node)] = task
+    return task
 
 
 def _describe(task, depth=2):
@@ -1590,8 +1618,9 @@ def _argument_name(node, which):
 # metadata and, once it ran, its outcome:
 #
 #   _restore(RECORD, OUTCOME)
-#     RECORD: the bytes of {'task': ..., 'metadata': ...} as schedule()
-#             pickled them, copied unchanged from todo/ into the result;
+#     RECORD: the bytes of two pickles, as schedule() made them: the head,
+#             (the task's class, its key, its metadata), and then the task
+#             (`_Graph`); copied unchanged from todo/ into the result;
 #     OUTCOME: None in todo/; in a result {'returnvalue': ...} or
 #             {'errorvalue': ..., 'traceback': ...}, and 'runtime'.
 #
@@ -1607,7 +1636,11 @@ def _argument_name(node, which):
 # cut short: a result that a power cut caught before it reached the disk.
 # The RECORD is written as raw bytes and the outcome is pickled straight
 # after it, with its own end opcode replaced by the call's, so that neither
-# is pickled twice nor held twice in memory.
+# is pickled twice nor held twice in memory. The outcome, read alone, is
+# its own pickle again with that opcode put back (`_read_outcome`); the head
+# is read alone too (`read_task`): reading what a task is named, holds and
+# returned reads no graph, however many tasks it depends on, until its call
+# is used.
 
 FORMAT = 2
 _END = b'\nrunforrest end\n'
@@ -1619,6 +1652,10 @@ _RECORD_OFFSET = len(_OPENING) + 8
 _CLOSING = pickle.TUPLE2 + pickle.REDUCE + pickle.STOP  # _restore(RECORD, OUTCOME)
 _CLOSING_DAMAGED = pickle.NEWTRUE + pickle.TUPLE3 + pickle.REDUCE + pickle.STOP
 _MAIN_MODULE = '__main__'
+# Bytes of a record that read_task reads with its head; a larger one waits
+# until the task's call is used, so that yielding a task that takes the
+# results of thousands builds no graph of thousands in the driver.
+_EAGER_RECORD = 1 << 16
 
 
 def _restore(record, outcome, damaged=False):
@@ -1635,10 +1672,20 @@ def _index_bytes(index):
     return data + len(data).to_bytes(8, 'little') + _END
 
 
-def _todo_bytes(record, index):
-    """A todo file: its task, with no outcome yet, and its index."""
-    return b''.join((_OPENING, len(record).to_bytes(8, 'little'), record,
-                     pickle.NONE, _CLOSING, _index_bytes(index)))
+def _todo_bytes(parts, index):
+    """A todo file: its task, whose record is the pickles of parts, with no
+    outcome yet, and its index, with the record's size. All in one buffer:
+    a large record is never copied."""
+    import io
+    buffer = io.BytesIO()
+    buffer.write(_OPENING + bytes(8))
+    for part in parts:
+        _dump(part, buffer)
+    size = buffer.tell() - _RECORD_OFFSET
+    buffer.write(pickle.NONE + _CLOSING + _index_bytes({**index, 'record_size': size}))
+    with buffer.getbuffer() as view:
+        view[len(_OPENING):_RECORD_OFFSET] = size.to_bytes(8, 'little')
+    return buffer.getvalue()
 
 
 class _FastPickler(pickle.Pickler):
@@ -1837,6 +1884,11 @@ def _scratch(path):
 
 def _read_header(file, path):
     """The index of an open task file (see the format above), read from its end."""
+    return _read_index(file, path)[0]
+
+
+def _read_index(file, path):
+    """The index of an open task file, and the offset where it begins."""
     fd = file.fileno()
     size = os.fstat(fd).st_size
     tail = os.pread(fd, min(size, 1 << 12), max(0, size - (1 << 12)))
@@ -1848,7 +1900,7 @@ def _read_header(file, path):
     try:
         header = pickle.loads(tail[-_TRAILER_SIZE - index_size:-_TRAILER_SIZE])
         if header['format'] == FORMAT:
-            return header
+            return header, size - _TRAILER_SIZE - index_size
     except Exception:
         pass
     raise TaskFileError(f'{path} is not a readable task file: its index is damaged',
@@ -1904,21 +1956,64 @@ def _load(data, path, what):
 
 def _unpack(record, path):
     """The task, with its metadata, from a task file's record."""
-    stored = _load(record, path, 'task')
-    if not isinstance(stored, dict) or not isinstance(stored.get('task'), Task):
+    import io
+    stream = io.BytesIO(record)
+    task = _read_head(stream, path)
+    task.__dict__.update(_read_call(stream, path, task))
+    return task
+
+
+def _read_head(stream, path):
+    """The task of a record read from stream (see the file format), from its
+    head: with its metadata and key, without its call."""
+    head = _load(lambda: pickle.load(stream), path, 'task')
+    if not (type(head) is tuple and len(head) == 3 and isinstance(head[0], type)
+            and issubclass(head[0], Task)):
         raise TaskFileError(f'{path} holds no runforrest task', path=path,
                             reason='no task in the record')
-    task = stored['task']
-    task.metadata = stored.get('metadata')
+    cls, key, metadata = head
+    task = cls.__new__(cls)
+    task.__dict__.update(_key=key, metadata=metadata)
     return task
+
+
+def _read_call(stream, path, task):
+    """The call of a task whose head was read from stream: the attributes of
+    `_CALL`, with the graph behind them, from the record's second pickle."""
+    root = _load(lambda: pickle.load(stream), path, 'task')
+    if not isinstance(root, Task) or root._key != task._key:
+        raise TaskFileError(f'{path} holds no runforrest task', path=path,
+                            reason='no task in the record')
+    return {name: root.__dict__[name] for name in _CALL}
+
+
+def _load_call(path):
+    """The call of the task in the task file at path, or, as its record is
+    the same in every state, in the file of the same name in another
+    state of its list, if it moved since (run, retry)."""
+    directory, base = os.path.split(path)
+    elsewhere = [os.path.join(os.path.dirname(directory), state, base) for state in STATES]
+    for candidate in [path, *elsewhere]:
+        try:
+            with _open_taskfile(candidate) as file:
+                header = _read_header(file, candidate)
+                file.seek(header['record_offset'])
+                return _read_call(file, candidate, _read_head(file, candidate))
+        except TaskFileError as error:
+            if error.reason != 'missing':
+                raise
+    raise TaskFileError(f'task file {path} does not exist, nor in another state of its list',
+                        path=path, reason='missing')
 
 
 def read_task(path, outcome=True):
     """The task stored in a task file of any state, with its metadata and
     taskname, and with returnvalue, errorvalue, traceback and runtime if it
     has run. With outcome=False, the outcome is read from the file only when
-    it is first asked for. Pickle or dill load the same task from the file,
-    without the checks.
+    it is first asked for. What a large task calls (its function and
+    arguments, and the graph of tasks behind them: thousands of dependencies,
+    or arguments of megabytes) is read from the file when first used. Pickle
+    or dill load the same task from the file, without the checks.
 
     A task read from a task list's file is that list's task: scheduled in a
     graph on the list, it passes its stored returnvalue on (see
@@ -1926,40 +2021,85 @@ def read_task(path, outcome=True):
 
     Raises `TaskFileError` if the file is missing or cannot be loaded.
     """
+    where = os.path.abspath(path)  # for what is read later, whatever the directory then
     with _open_taskfile(path) as file:
-        header, record = _read_parts(file, path)
+        header, index_start = _read_index(file, path)
         ran = header['state'] != 'todo'
-        if outcome and ran:
-            task = _load_whole(file, path)
-        elif header.get('damaged'):
-            task = _restore(record, None, damaged=True)
+        if header.get('damaged'):
+            task = Value(None)
         else:
-            task = _unpack(record, path)
+            file.seek(header['record_offset'])
+            task = _read_head(file, path)
+            if header['record_size'] <= _EAGER_RECORD:
+                task.__dict__.update(_read_call(file, path, task))
+            else:
+                task.__dict__['_load_call'] = lambda: _load_call(where)
+        if outcome and ran:
+            task.__dict__.update(_read_outcome(file, path, header, index_start))
     task.taskname = _name_of(path)
-    directory = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    task.__dict__.update(_scheduled={directory: task.taskname}, _after=header.get('after', []))
+    directory = os.path.dirname(os.path.dirname(where))
+    task.__dict__.update(_scheduled=((directory, task.taskname),),
+                         _after=header.get('after', []))
     if ran:
         task.runtime = header.get('runtime')
         if not outcome:
             task.__dict__.update({'errorvalue': None, 'traceback': None}
                                  if header['state'] == 'done' else {'returnvalue': None})
-            task.__dict__['_load_outcome'] = lambda: _load_outcome(path)
-    return task
-
-
-def _load_whole(file, path):
-    """The task of an open task file, with its outcome: the file unpickled."""
-    task = _load(lambda: pickle.load(file), path, 'task and its outcome')
-    if not isinstance(task, Task):
-        raise TaskFileError(f'{path} holds no runforrest task', path=path,
-                            reason='no task in the file')
+            task.__dict__['_load_outcome'] = lambda: _load_outcome(where)
     return task
 
 
 def _load_outcome(path):
     with _open_taskfile(path) as file:
-        task = _load_whole(file, path)
-    return {name: task.__dict__.get(name) for name in ('returnvalue', 'errorvalue', 'traceback')}
+        return _read_outcome(file, path, *_read_index(file, path))
+
+
+def _read_outcome(file, path, header, index_start):
+    """returnvalue, errorvalue and traceback of an open result file, read
+    from its outcome alone (see the file format); header is its index, which
+    begins at index_start."""
+    closing = _CLOSING_DAMAGED if header.get('damaged') else _CLOSING
+    start, end = header['record_offset'] + header['record_size'], index_start - len(closing)
+    outcome = None
+    if start < end and os.pread(file.fileno(), len(closing), end) == closing:
+        outcome = _load(lambda: pickle.load(_Stopped(file, start, end)), path, 'outcome')
+    if not isinstance(outcome, dict):
+        raise TaskFileError(f'{path} holds no outcome where its index says', path=path,
+                            reason='no outcome in the file')
+    return {name: outcome.get(name) for name in ('returnvalue', 'errorvalue', 'traceback')}
+
+
+class _Stopped:
+    """An open file from start to end, and then STOP: the outcome of a
+    result file, which the closing took its STOP from, read as the pickle
+    it was. readinto lets pickle read a large value straight into place."""
+
+    def __init__(self, file, start, end):
+        file.seek(start)
+        self.file, self.left, self.stop = file, end - start, pickle.STOP
+
+    def read(self, size):
+        data = self.file.read(min(size, self.left))
+        self.left -= len(data)
+        if len(data) < size and not self.left:
+            data, self.stop = data + self.stop, b''
+        return data
+
+    def readinto(self, buffer):
+        view = memoryview(buffer)
+        count = self.file.readinto(view[:self.left])
+        self.left -= count
+        if count < len(view) and not self.left and self.stop:
+            view[count], self.stop = self.stop[0], b''
+            count += 1
+        return count
+
+    def readline(self):
+        line = self.file.readline(self.left)
+        self.left -= len(line)
+        if not line.endswith(b'\n') and not self.left:
+            line, self.stop = line + self.stop, b''
+        return line
 
 
 def _name_of(path):
@@ -2501,22 +2641,21 @@ class TaskList:
             if match is not None:
                 return self._reuse_task(task, key, *match)
             parts = _key_parts(task, cut, dependency_keys, self._ledger.files, extra)
-        try:
-            record = _dumps({'task': _rebuild(_flatten(task, cut)) if cut else task,
-                             'metadata': metadata})
-        except NotPicklable as error:
-            raise NotPicklable(f'cannot schedule {task!r} with metadata '
-                               f'{_abbreviate(metadata)}: {error}',
-                               type_name=error.type_name) from None
-        index = {'state': 'todo', 'record_size': len(record), 'sys_path': list(sys.path),
-                 'cwd': os.getcwd(), 'tasklist': self.directory}
+        index = {'state': 'todo', 'sys_path': list(sys.path), 'cwd': os.getcwd(),
+                 'tasklist': self.directory}
         if dependencies:
             index['after'] = dependencies
         if outputs:
             index['outputs'] = outputs
         if key is not None:
             index.update(key=key, parts=parts, why=self._ledger.why(counterpart, key, parts))
-        data = _todo_bytes(record, index)
+        try:
+            data = _todo_bytes([(type(task), task._key, metadata), _Graph(_flatten(task, cut))],
+                               index)
+        except NotPicklable as error:
+            raise NotPicklable(f'cannot schedule {task!r} with metadata '
+                               f'{_abbreviate(metadata)}: {error}',
+                               type_name=error.type_name) from None
         label = _label(task)
         self._begin_scheduling()
         while True:
@@ -2529,7 +2668,7 @@ class TaskList:
                 self._next_index = self._highest_index() + 1
             except FileNotFoundError:  # the list was cleaned away; start it anew
                 self._make_layout()
-        task.__dict__.setdefault('_scheduled', {})[self.directory] = name
+        self._mark(task, name)
         if self._ledger is not None:
             self._ledger.add(name, key, reused=False)
             self._ledger.wrote(name, key, outputs, status)
@@ -2565,7 +2704,7 @@ class TaskList:
     def _reuse_task(self, task, key, state, name):
         """Stand for the task name, which has the same key, instead of
         scheduling task again."""
-        task.__dict__.setdefault('_scheduled', {})[self.directory] = name
+        self._mark(task, name)
         self._begin_scheduling()
         self._ledger.add(name, key, reused=state == 'done')
         if self._joining is not None:
@@ -2605,9 +2744,17 @@ class TaskList:
                 f'schedules {_label(task)}, where the script scheduled {name}. '
                 f'Run the script that scheduled the list, or start it anew with '
                 f'TaskList({self.directory!r}, exist_ok=True)')
-        task.__dict__.setdefault('_scheduled', {})[self.directory] = name
+        self._mark(task, name)
         self._begin_scheduling()
         return True, name
+
+    def _mark(self, task, name):
+        """Note on task that it is the task name of this list, for the graphs
+        that use it (see `_dependencies`): an attribute, a tuple, since a
+        dict, or the task's __dict__, which asking for makes, would cost as
+        much as the task itself, for each of thousands."""
+        task._scheduled = (*(place for place in task._scheduled if place[0] != self.directory),
+                           (self.directory, name))
 
     def _dependencies(self, task, after):
         """The tasks that task depends on: {key: name} of those in its graph
@@ -2615,10 +2762,10 @@ class TaskList:
         if type(after) in (tuple, list) and not after and not task._dependencies():
             return {}, []  # a call on plain values, as most are: no graph to walk
         cut, names = {}, []
-        for node in _postorder(task, lambda node: '_scheduled' in node.__dict__):
-            places = node.__dict__.get('_scheduled')
-            if node is task or places is None:
+        for node in _postorder(task, lambda node: node._scheduled):
+            if node is task or not node._scheduled:
                 continue
+            places = dict(node._scheduled)
             if self.directory not in places:
                 raise TaskListError(
                     f'{task!r} uses {node!r}, which was scheduled on another task '
@@ -2630,7 +2777,7 @@ class TaskList:
             after = [after]
         for other in after:
             if isinstance(other, Task):
-                name = other.__dict__.get('_scheduled', {}).get(self.directory)
+                name = dict(other._scheduled).get(self.directory)
                 if name is None:
                     raise TaskListError(
                         f'after= names {other!r}, which was never scheduled on '
@@ -3990,9 +4137,13 @@ class _Dependencies:
 
     def __init__(self, tasklist, unfinished, unrun):
         self.tasklist = tasklist
-        self.unfinished = set(unfinished)  # the names this run has yet to file
+        # The names this run has yet to file, each the key of itself: a name
+        # read from a dependent's index is kept as this one, not as a copy.
+        self.unfinished = {name: name for name in unfinished}
         self.missing = {}  # waiting task: how many of its dependencies are not done yet
-        self.dependents = {}  # task: the waiting tasks that depend on it
+        # task: the first waiting task that depends on it, and in `more` the
+        # others; most tasks have one dependent, and need no list of them.
+        self.dependents, self.more = {}, {}
         self.unrun = unrun
 
     def __len__(self):
@@ -4001,29 +4152,33 @@ class _Dependencies:
 
     def add(self, name):
         """Take in a todo task of the run; return whether it may start now."""
-        self.unfinished.add(name)
+        self.unfinished[name] = name
         try:
             after = _header_of(self.tasklist._path('todo', name)).get('after', ())
         except (OSError, TaskFileError):
             return True  # its process will say what is wrong with its file
-        waiting = [other for other in after if other in self.unfinished]
+        waiting = []
         for other in after:
-            if other not in self.unfinished and not os.path.exists(self.tasklist._path('done', other)):
+            if other in self.unfinished:
+                waiting.append(self.unfinished[other])
+            elif not os.path.exists(self.tasklist._path('done', other)):
                 self._fail(name, other)
                 return False
         if not waiting:
             return True
         self.missing[name] = len(waiting)
         for other in waiting:
-            self.dependents.setdefault(other, []).append(name)
+            if self.dependents.setdefault(other, name) != name:
+                self.more.setdefault(other, []).append(name)
         return False
 
     def filed(self, name, done):
         """The task name was filed in done/ (or fail/): return the tasks that
         may start now."""
-        self.unfinished.discard(name)
+        self.unfinished.pop(name, None)
         ready = []
-        for dependent in self.dependents.pop(name, ()):
+        first = self.dependents.pop(name, None)
+        for dependent in () if first is None else (first, *self.more.pop(name, ())):
             if dependent not in self.missing:
                 continue  # failed already, for another dependency
             if not done:
@@ -4043,6 +4198,7 @@ class _Dependencies:
             del self.missing[name]
             self._fail(name, None)
         self.dependents.clear()
+        self.more.clear()
 
     def _fail(self, name, dependency):
         tasklist = self.tasklist

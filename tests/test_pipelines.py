@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import tracemalloc
 
 import pytest
 
@@ -102,6 +103,21 @@ def test_after_orders_tasks_that_pass_no_data(tasklist, tmp_path):
     finished = run_all(tasklist, nprocesses=4)
     assert finished[by_task].returnvalue == 'from the writer'
     assert finished[by_name].returnvalue == 'again'
+
+
+def test_a_diamond_runs_each_task_after_all_that_it_depends_on(tasklist):
+    # One task with three dependents, each of them a dependency of the last.
+    source = defer(tasks.prepare, 1)
+    tasklist.schedule(source)
+    middles = [defer(tasks.dostuff, source[1], defer(factor)) for factor in (1, 2, 3)]
+    for middle in middles:
+        tasklist.schedule(middle)
+    last = tasklist.schedule(defer(tasks.summarize, middles))
+    finished = run_all(tasklist, nprocesses=2)
+    assert list(finished)[0].endswith('prepare') and list(finished)[-1] == last
+    assert [finished[name].returnvalue['value'] for name in sorted(finished)
+            if name.endswith('dostuff')] == [3, 4, 5]
+    assert finished[last].returnvalue == 3 + 4 + 5
 
 
 def test_a_waiting_task_holds_no_process(tasklist, tmp_path):
@@ -324,3 +340,69 @@ def test_a_large_intermediate_result_is_never_held_by_the_driver(tmp_path):
     length, grown = map(int, done.stdout.split())
     assert length == 200 << 20
     assert grown < 50, f'the driver grew by {grown} MiB'
+
+
+PARTS = 5000  # items of one result: a graph of thousands of tasks, behind one dependency
+
+
+def schedule_a_large_graph(tasklist, last):
+    """A task whose graph holds PARTS tasks, each an item of one scheduled
+    task's result, and last(their sum)."""
+    numbers = defer(list, range(PARTS))
+    tasklist.schedule(numbers)
+    task = defer(last, defer(sum, [numbers[index] for index in range(PARTS)]))
+    tasklist.schedule(task, metadata='large')
+    return task
+
+
+def test_scheduling_a_task_that_takes_thousands_of_results_copies_little(tasklist):
+    sources = [defer(tasks.pid) for _ in range(PARTS)]
+    tracemalloc.start()
+    try:
+        for source in sources:
+            tasklist.schedule(source)
+        kept = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        name = tasklist.schedule(defer(sum, sources))
+        peak = tracemalloc.get_traced_memory()[1] - kept
+    finally:
+        tracemalloc.stop()
+    assert len(runforrest.read_task(tasklist._path('todo', name)).__dict__['_after']) == PARTS
+    # What a scheduled task keeps, its name on the list, takes some 170 bytes;
+    # in a dict, and the task's __dict__, it took 310.
+    assert kept < PARTS * 250, f'{kept // PARTS} bytes per scheduled task'
+    # The file of the task that takes their results takes some 50 bytes per
+    # dependency, pickling them some 250 to 450; building its graph again, or
+    # copying its pickle, took 850 and more.
+    assert peak < PARTS * 600, f'{peak // PARTS} bytes per dependency'
+
+
+def test_yielding_a_task_of_a_large_graph_builds_none_of_it_in_the_driver(tasklist):
+    total = schedule_a_large_graph(tasklist, int)
+    tracemalloc.start()
+    try:
+        for task in tasklist.run(nprocesses=1):
+            if task != total:  # from here on: filing it, running total, yielding it
+                tracemalloc.reset_peak()
+                before = tracemalloc.get_traced_memory()[0]
+                continue
+            assert (task.returnvalue, task.metadata) == (sum(range(PARTS)), 'large')
+            grown = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    # Built, its graph would take some 600 bytes per task.
+    assert grown < PARTS * 100, f'the driver allocated {grown >> 10} KiB to yield it'
+
+
+def test_a_large_task_read_back_reads_its_call_when_used_wherever_its_file_went(tasklist):
+    ratio = schedule_a_large_graph(tasklist, lambda total: total / 0)
+    [failed] = [task for task in tasklist.run(nprocesses=1) if task.errorvalue is not None]
+    assert failed == ratio and isinstance(failed.errorvalue, ZeroDivisionError)
+    tasklist.retry()  # its file moves back to todo/, where its call is read from
+    [total] = failed._args
+    assert total._fun is sum and len(total._args[0]._args) == 1 + PARTS
+    again = runforrest.read_task(tasklist._path('todo', failed.taskname))
+    assert (again, again.metadata) == (ratio, 'large')
+    tasklist.clean()
+    with pytest.raises(runforrest.TaskFileError, match='does not exist'):
+        again._args
