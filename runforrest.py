@@ -1593,7 +1593,8 @@ def _argument_name(node, which):
 #
 # An index of builtins only follows: the state, where the record lies, the
 # error's type and summary, the runtime, the names of the tasks it depends
-# on, and the driver's sys.path and directory. Then the index's size, and an
+# on (one string, a name a line: see `_each_name`), and the driver's sys.path
+# and directory. Then the index's size, and an
 # end mark:
 #
 #   [ _restore(...) pickle ][ index pickle ][ index size: 8 bytes ][ _END ]
@@ -1637,6 +1638,18 @@ def _index_bytes(index):
     data = pickle.dumps({'format': FORMAT, 'record_offset': _RECORD_OFFSET, **index},
                         pickle.HIGHEST_PROTOCOL)
     return data + len(data).to_bytes(8, 'little') + _END
+
+
+def _each_name(after):
+    """The names in the 'after' of an index, one at a time. One string holds
+    them, not a list, so that the index of a task that takes the results of
+    thousands unpickles to one object, not thousands."""
+    start = 0
+    while start < len(after):
+        end = after.find('\n', start)
+        end = len(after) if end < 0 else end
+        yield after[start:end]
+        start = end + 1
 
 
 def _todo_bytes(parts, index):
@@ -2003,7 +2016,7 @@ def read_task(path, outcome=True):
     task.taskname = _name_of(path)
     directory = os.path.dirname(os.path.dirname(where))
     task.__dict__.update(_scheduled=((directory, task.taskname),),
-                         _after=header.get('after', []))
+                         _after=header.get('after', ''))
     if ran:
         task.runtime = header.get('runtime')
         if not outcome:
@@ -2512,7 +2525,7 @@ class TaskList:
         index = {'state': 'todo', 'sys_path': list(sys.path), 'cwd': os.getcwd(),
                  'tasklist': self.directory}
         if dependencies:
-            index['after'] = dependencies
+            index['after'] = '\n'.join(dependencies)
         if outputs:
             index['outputs'] = outputs
         if key is not None:
@@ -2714,7 +2727,7 @@ class TaskList:
                  'state': 'done' if task.errorvalue is None else 'fail',
                  'metadata': task.metadata, 'returnvalue': task.returnvalue,
                  'errorvalue': task.errorvalue, 'runtime': task.runtime,
-                 'dependencies': task.__dict__['_after']}
+                 'dependencies': list(_each_name(task.__dict__['_after']))}
                 for task in tasks]
 
     def dataframe(self):
@@ -2765,7 +2778,7 @@ class TaskList:
         for state in STATES:
             for other in self._names(state):
                 try:
-                    if name in _header_of(self._path(state, other)).get('after', ()):
+                    if name in _each_name(_header_of(self._path(state, other)).get('after', '')):
                         dependents.append(other)
                 except (OSError, TaskFileError):
                     continue
@@ -3940,22 +3953,23 @@ class _Dependencies:
         """Take in a todo task of the run; return whether it may start now."""
         self.unfinished[name] = name
         try:
-            after = _header_of(self.tasklist._path('todo', name)).get('after', ())
+            after = _header_of(self.tasklist._path('todo', name)).get('after', '')
         except (OSError, TaskFileError):
             return True  # its process will say what is wrong with its file
-        waiting = []
-        for other in after:
-            if other in self.unfinished:
-                waiting.append(self.unfinished[other])
-            elif not os.path.exists(self.tasklist._path('done', other)):
+        for other in _each_name(after):
+            if other not in self.unfinished and not os.path.exists(self.tasklist._path('done', other)):
                 self._fail(name, other)
                 return False
+        waiting = 0
+        for other in _each_name(after):
+            other = self.unfinished.get(other)
+            if other is not None:
+                waiting += 1
+                if self.dependents.setdefault(other, name) != name:
+                    self.more.setdefault(other, []).append(name)
         if not waiting:
             return True
-        self.missing[name] = len(waiting)
-        for other in waiting:
-            if self.dependents.setdefault(other, name) != name:
-                self.more.setdefault(other, []).append(name)
+        self.missing[name] = waiting
         return False
 
     def filed(self, name, done):
@@ -5464,10 +5478,10 @@ def _status(tasklist):
     data['waiting'] = 0
     for name in tasklist._names('todo'):
         try:
-            after = _header_of(tasklist._path('todo', name)).get('after', ())
+            after = _header_of(tasklist._path('todo', name)).get('after', '')
         except (OSError, TaskFileError):
             continue
-        data['waiting'] += any(other not in done for other in after)
+        data['waiting'] += any(other not in done for other in _each_name(after))
     current = tasklist._current()
     data['stale'] = 0 if current is None else sum(
         name not in current for state in STATES for name in tasklist._names(state))
@@ -5570,7 +5584,7 @@ def _show_command(args):
     except NotATaskList:  # a task file by itself
         tasklist = None
     output = tasklist.output(name) if tasklist else None
-    data['dependencies'] = header.get('after', [])
+    data['dependencies'] = list(_each_name(header.get('after', '')))
     data['dependents'] = tasklist._dependents(name) if tasklist else []
     if output is not None:
         lines = output.splitlines()
