@@ -2137,8 +2137,22 @@ def _state_of(path):
 
 
 def _schedule_order(name):
+    return (_prefix_length(name), name)
+
+
+def _prefix_length(name):
+    """The length of the number that a task's name begins with, or 0."""
     prefix = name.partition('-')[0]
-    return (len(prefix) if prefix.isdigit() else 0, name)
+    return len(prefix) if prefix.isdigit() else 0
+
+
+def _in_schedule_order(names):
+    """The list names, sorted in place as by `_schedule_order`, with no key
+    object made for each of thousands: by name, and then, stably, by the
+    length of its number, a small int, of which Python keeps one each."""
+    names.sort()
+    names.sort(key=_prefix_length)
+    return names
 
 
 def _index_of(name):
@@ -2192,7 +2206,7 @@ class _Ledger:
         self.reused = set()
         for state in STATES:
             folder = os.path.join(directory, state)
-            for name in sorted(_names_in(folder), key=_schedule_order):
+            for name in _in_schedule_order(_names_in(folder)):
                 try:
                     index = _header_of(os.path.join(folder, name + '.pkl'))
                 except (OSError, TaskFileError):
@@ -2302,9 +2316,12 @@ def _key_parts(task, cut, dependency_keys, files, extra):
 
 
 def _names_in(folder):
+    """The task names in folder, unsorted; an entry at a time, not a list of
+    all of them first."""
     try:
-        return [entry[:-4] for entry in os.listdir(folder)
-                if entry.endswith('.pkl') and not entry.startswith('.')]
+        with os.scandir(folder) as entries:
+            return [entry.name[:-4] for entry in entries
+                    if entry.name.endswith('.pkl') and not entry.name.startswith('.')]
     except FileNotFoundError:
         return []
 
@@ -2437,12 +2454,12 @@ class TaskList:
     def _names(self, state):
         """The task names in one directory, in schedule order; loads nothing."""
         if state != 'running':
-            return sorted(_names_in(self._folder(state)), key=_schedule_order)
+            return _in_schedule_order(_names_in(self._folder(state)))
         try:
             entries = os.listdir(self._folder(state))
         except FileNotFoundError:
             return []
-        return sorted((n for n in entries if not n.startswith('.')), key=_schedule_order)
+        return _in_schedule_order([n for n in entries if not n.startswith('.')])
 
     def _highest_index(self):
         return max((_index_of(name) for state in STATES + ('collect',)
@@ -2667,7 +2684,7 @@ class TaskList:
                 raise TaskListError(f'after= takes scheduled tasks or their names; '
                                     f'{other!r} is no task of {self.directory}')
             names.append(name)
-        return cut, sorted(set(names), key=_schedule_order)
+        return cut, _in_schedule_order(list(dict.fromkeys(names)))
 
     def flush(self):
         """Make every scheduled task durable on disk, and mark the scheduling
@@ -2873,16 +2890,20 @@ class TaskList:
         reached the disk (their tasks run again), drop the todo files of
         results that did reach it, and return the results left in collect/."""
         for state in STATES + _WORKDIRS + ('output',):
-            directory = self._folder(state)
-            for entry in os.listdir(directory) if os.path.isdir(directory) else ():
-                if entry.startswith('.') and entry.endswith('.tmp'):
-                    _unlink(os.path.join(directory, entry))
+            try:
+                with os.scandir(self._folder(state)) as entries:
+                    half_written = [entry.path for entry in entries
+                                    if entry.name.startswith('.') and entry.name.endswith('.tmp')]
+            except FileNotFoundError:
+                continue
+            for path in half_written:
+                _unlink(path)
         for name in self._names('collect'):
             if not _is_whole(self._path('collect', name)):
                 _unlink(self._path('collect', name))
-        todo = set(self._names('todo'))
+        todo = set(_names_in(self._folder('todo')))
         for state in ('done', 'fail'):
-            for name in todo.intersection(self._names(state)):
+            for name in todo.intersection(_names_in(self._folder(state))):
                 # A result in todo/ was put back to run again (by retry(), or
                 # by hand); a result filed since is newer, and means it did.
                 put_back = self._path('todo', name)
