@@ -785,9 +785,10 @@ def main():
     # As in bench.py: task processes load modules from cached bytecode.
     os.environ.pop('PYTHONDONTWRITEBYTECODE', None)
     os.environ['PYTHONPYCACHEPREFIX'] = os.path.join(options.workdir, 'pycache')
-    # Compile every module a run imports now, or the first run of each
-    # system would count the compiler's memory in its driver's peak.
-    modules = ['workloads', 'runforrest', 'taskgraph', 'dask', 'dask.distributed']
+    # Compile every module a run imports now, this script's own (argparse,
+    # statistics) too, or the first run of each system would count the
+    # compiler's memory in its driver's peak.
+    modules = ['pipelines', 'workloads', 'runforrest', 'taskgraph', 'dask', 'dask.distributed']
     subprocess.run([sys.executable, '-c', f'import {", ".join(modules)}'],
                    cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True,
                    env={**os.environ, 'PYTHONPATH': REPOSITORY})
