@@ -1626,7 +1626,8 @@ def _argument_name(node, which):
 #
 # An index of builtins only follows: the state, where the record lies, the
 # error's type and summary, the runtime, the names of the tasks it depends
-# on, and the driver's sys.path and directory. Then the index's size, and an
+# on (one string, a name a line: see `_each_name`), and the driver's sys.path
+# and directory. Then the index's size, and an
 # end mark:
 #
 #   [ _restore(...) pickle ][ index pickle ][ index size: 8 bytes ][ _END ]
@@ -1670,6 +1671,18 @@ def _index_bytes(index):
     data = pickle.dumps({'format': FORMAT, 'record_offset': _RECORD_OFFSET, **index},
                         pickle.HIGHEST_PROTOCOL)
     return data + len(data).to_bytes(8, 'little') + _END
+
+
+def _each_name(after):
+    """The names in the 'after' of an index, one at a time. One string holds
+    them, not a list, so that the index of a task that takes the results of
+    thousands unpickles to one object, not thousands."""
+    start = 0
+    while start < len(after):
+        end = after.find('\n', start)
+        end = len(after) if end < 0 else end
+        yield after[start:end]
+        start = end + 1
 
 
 def _todo_bytes(parts, index):
@@ -2039,7 +2052,7 @@ def read_task(path, outcome=True):
     task.taskname = _name_of(path)
     directory = os.path.dirname(os.path.dirname(where))
     task.__dict__.update(_scheduled=((directory, task.taskname),),
-                         _after=header.get('after', []))
+                         _after=header.get('after', ''))
     if ran:
         task.runtime = header.get('runtime')
         if not outcome:
@@ -2163,8 +2176,22 @@ def _state_of(path):
 
 
 def _schedule_order(name):
+    return (_prefix_length(name), name)
+
+
+def _prefix_length(name):
+    """The length of the number that a task's name begins with, or 0."""
     prefix = name.partition('-')[0]
-    return (len(prefix) if prefix.isdigit() else 0, name)
+    return len(prefix) if prefix.isdigit() else 0
+
+
+def _in_schedule_order(names):
+    """The list names, sorted in place as by `_schedule_order`, with no key
+    object made for each of thousands: by name, and then, stably, by the
+    length of its number, a small int, of which Python keeps one each."""
+    names.sort()
+    names.sort(key=_prefix_length)
+    return names
 
 
 def _index_of(name):
@@ -2556,12 +2583,12 @@ class TaskList:
     def _names(self, state):
         """The task names in one directory, in schedule order; loads nothing."""
         if state != 'running':
-            return sorted(_names_in(self._folder(state)), key=_schedule_order)
+            return _in_schedule_order(_names_in(self._folder(state)))
         try:
             entries = os.listdir(self._folder(state))
         except FileNotFoundError:
             return []
-        return sorted((n for n in entries if not n.startswith('.')), key=_schedule_order)
+        return _in_schedule_order([n for n in entries if not n.startswith('.')])
 
     def _highest_index(self):
         return max((_index_of(name) for state in STATES + ('collect',)
@@ -2644,7 +2671,7 @@ class TaskList:
         index = {'state': 'todo', 'sys_path': list(sys.path), 'cwd': os.getcwd(),
                  'tasklist': self.directory}
         if dependencies:
-            index['after'] = dependencies
+            index['after'] = '\n'.join(dependencies)
         if outputs:
             index['outputs'] = outputs
         if key is not None:
@@ -2789,7 +2816,7 @@ class TaskList:
                 raise TaskListError(f'after= takes scheduled tasks or their names; '
                                     f'{other!r} is no task of {self.directory}')
             names.append(name)
-        return cut, sorted(set(names), key=_schedule_order)
+        return cut, _in_schedule_order(list(dict.fromkeys(names)))
 
     def flush(self):
         """Make every scheduled task durable on disk, and mark the scheduling
@@ -2849,7 +2876,7 @@ class TaskList:
                  'state': 'done' if task.errorvalue is None else 'fail',
                  'metadata': task.metadata, 'returnvalue': task.returnvalue,
                  'errorvalue': task.errorvalue, 'runtime': task.runtime,
-                 'dependencies': task.__dict__['_after']}
+                 'dependencies': list(_each_name(task.__dict__['_after']))}
                 for task in tasks]
 
     def dataframe(self):
@@ -2900,7 +2927,7 @@ class TaskList:
         for state in STATES:
             for other in self._names(state):
                 try:
-                    if name in _header_of(self._path(state, other)).get('after', ()):
+                    if name in _each_name(_header_of(self._path(state, other)).get('after', '')):
                         dependents.append(other)
                 except (OSError, TaskFileError):
                     continue
@@ -2995,16 +3022,20 @@ class TaskList:
         reached the disk (their tasks run again), drop the todo files of
         results that did reach it, and return the results left in collect/."""
         for state in STATES + _WORKDIRS + ('output',):
-            directory = self._folder(state)
-            for entry in os.listdir(directory) if os.path.isdir(directory) else ():
-                if entry.startswith('.') and entry.endswith('.tmp'):
-                    _unlink(os.path.join(directory, entry))
+            try:
+                with os.scandir(self._folder(state)) as entries:
+                    half_written = [entry.path for entry in entries
+                                    if entry.name.startswith('.') and entry.name.endswith('.tmp')]
+            except FileNotFoundError:
+                continue
+            for path in half_written:
+                _unlink(path)
         for name in self._names('collect'):
             if not _is_whole(self._path('collect', name)):
                 _unlink(self._path('collect', name))
-        todo = set(self._names('todo'))
+        todo = set(_names_in(self._folder('todo')))
         for state in ('done', 'fail'):
-            for name in todo.intersection(self._names(state)):
+            for name in todo.intersection(_names_in(self._folder(state))):
                 # A result in todo/ was put back to run again (by retry(), or
                 # by hand); a result filed since is newer, and means it did.
                 put_back = self._path('todo', name)
@@ -4154,22 +4185,23 @@ class _Dependencies:
         """Take in a todo task of the run; return whether it may start now."""
         self.unfinished[name] = name
         try:
-            after = _header_of(self.tasklist._path('todo', name)).get('after', ())
+            after = _header_of(self.tasklist._path('todo', name)).get('after', '')
         except (OSError, TaskFileError):
             return True  # its process will say what is wrong with its file
-        waiting = []
-        for other in after:
-            if other in self.unfinished:
-                waiting.append(self.unfinished[other])
-            elif not os.path.exists(self.tasklist._path('done', other)):
+        for other in _each_name(after):
+            if other not in self.unfinished and not os.path.exists(self.tasklist._path('done', other)):
                 self._fail(name, other)
                 return False
+        waiting = 0
+        for other in _each_name(after):
+            other = self.unfinished.get(other)
+            if other is not None:
+                waiting += 1
+                if self.dependents.setdefault(other, name) != name:
+                    self.more.setdefault(other, []).append(name)
         if not waiting:
             return True
-        self.missing[name] = len(waiting)
-        for other in waiting:
-            if self.dependents.setdefault(other, name) != name:
-                self.more.setdefault(other, []).append(name)
+        self.missing[name] = waiting
         return False
 
     def filed(self, name, done):
@@ -5701,10 +5733,10 @@ def _status(tasklist):
     data['waiting'] = 0
     for name in tasklist._names('todo'):
         try:
-            after = _header_of(tasklist._path('todo', name)).get('after', ())
+            after = _header_of(tasklist._path('todo', name)).get('after', '')
         except (OSError, TaskFileError):
             continue
-        data['waiting'] += any(other not in done for other in after)
+        data['waiting'] += any(other not in done for other in _each_name(after))
     current = tasklist._current()
     data['stale'] = 0 if current is None else sum(
         name not in current for state in STATES for name in tasklist._names(state))
@@ -5807,7 +5839,7 @@ def _show_command(args):
     except NotATaskList:  # a task file by itself
         tasklist = None
     output = tasklist.output(name) if tasklist else None
-    data['dependencies'] = header.get('after', [])
+    data['dependencies'] = list(_each_name(header.get('after', '')))
     data['dependents'] = tasklist._dependents(name) if tasklist else []
     if output is not None:
         lines = output.splitlines()

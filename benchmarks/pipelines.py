@@ -28,7 +28,10 @@ Workloads, each a table:
   none of its children), and of their wall time, divided by n; wall time
   varies by seconds on a busy machine, CPU time much less. The driver's
   peak memory (VmHWM) at two sizes: its growth per stage says whether it
-  stays flat.
+  stays flat. n + 1 independent stages at both sizes grow as well, with
+  what the script itself holds per stage (the task objects it builds, and
+  keeps) and what the driver holds per task: the fan-in's growth beyond
+  theirs is what its dependency edges cost.
 - dense: n stages, and n that each take all their results, versus 2 n
   independent ones: n * n edges, per edge as for the fan-in, but among
   few stages, so that the edges' cost stands out of the noise.
@@ -523,9 +526,11 @@ def versus(value, reference):
 
 def fan_in_workload(harness, systems):
     small, large = SIZES['fan-in'][harness.options.quick]
-    # Both runs have large + 1 tasks; only one has large edges.
-    fanned, flat, few = ('fan-in', large), ('independent', large + 1), ('fan-in', small)
-    medians, failures = harness.compare('fan-in', [fanned, flat, few], systems)
+    # Each fan-in has as many tasks as its independent counterpart, and as
+    # many edges as the other has tasks, less one.
+    fanned, flat = ('fan-in', large), ('independent', large + 1)
+    few, few_flat = ('fan-in', small), ('independent', small + 1)
+    medians, failures = harness.compare('fan-in', [fanned, flat, few, few_flat], systems)
     reference = medians.get('runforrest', {}).get(fanned, (None,))[0]
     edges, memory = [], []
     for system, runs in medians.items():
@@ -533,6 +538,7 @@ def fan_in_workload(harness, systems):
         per_edge_wall = (wall - flat_wall) / large * 1000
         per_edge_cpu = (cpu - flat_cpu) / large * 1000
         growth = (peak - runs[few][2]) * 1024 / (large - small)
+        flat_growth = (flat_peak - runs[few_flat][2]) * 1024 / (large - small)
         target = verdict = memory_verdict = ''
         if system == 'runforrest':
             target = '<= 0.05'
@@ -541,17 +547,23 @@ def fan_in_workload(harness, systems):
                                          growth, 1)
         edges.append([system, f'{wall:.2f}', f'{flat_wall:.2f}', versus(wall, reference),
                       f'{per_edge_wall:.3f}', f'{per_edge_cpu:.4f}', target, verdict])
-        memory.append([system, f'{runs[few][2]:.0f}', f'{peak:.0f}', f'{flat_peak:.0f}',
-                       f'{growth:.2f}', '<= 1' if memory_verdict else '', memory_verdict])
+        memory.append([system, f'{runs[few][2]:.1f}', f'{peak:.1f}', f'{growth:.2f}',
+                       f'{runs[few_flat][2]:.1f}', f'{flat_peak:.1f}', f'{flat_growth:.2f}',
+                       f'{growth - flat_growth:.2f}', '<= 1' if memory_verdict else '',
+                       memory_verdict])
     bench.table(f'fan-in: {large} trivial stages and one that takes all their results, '
                 f'{NPROCESSES} at a time, versus {large + 1} independent ones; '
                 f'per edge = the difference / {large}',
                 edge_columns('fan-in'), edges, failures)
-    bench.table(f'fan-in: the driver\'s peak memory, {small} and {large} stages; '
-                f'growth = the difference / {large - small} stages',
-                ['system', f'peak, {small} [MiB]', f'peak, {large} [MiB]',
-                 f'peak, {large + 1} independent [MiB]', 'growth [KiB per stage]', 'target',
-                 'result'], memory)
+    bench.table(f'fan-in: the driver\'s peak memory, {small} and {large} stages, and '
+                f'{small + 1} and {large + 1} independent ones; growth = the difference / '
+                f'{large - small} stages; over independent = the growth less theirs, per '
+                f'dependency edge. Independent stages grow too, with what the script keeps of '
+                f'each (its task objects) and the driver of each task; the target is on the growth',
+                ['system', f'peak, {small} [MiB]', f'peak, {large} [MiB]', 'growth [KiB per stage]',
+                 f'peak, {small + 1} independent [MiB]', f'peak, {large + 1} independent [MiB]',
+                 'independent growth [KiB per stage]', 'over independent [KiB per edge]',
+                 'target', 'result'], memory)
 
 
 def edge_columns(workload):
@@ -774,9 +786,10 @@ def main():
     # As in bench.py: task processes load modules from cached bytecode.
     os.environ.pop('PYTHONDONTWRITEBYTECODE', None)
     os.environ['PYTHONPYCACHEPREFIX'] = os.path.join(options.workdir, 'pycache')
-    # Compile every module a run imports now, or the first run of each
-    # system would count the compiler's memory in its driver's peak.
-    modules = ['workloads', 'runforrest', 'taskgraph', 'dask', 'dask.distributed']
+    # Compile every module a run imports now, this script's own (argparse,
+    # statistics) too, or the first run of each system would count the
+    # compiler's memory in its driver's peak.
+    modules = ['pipelines', 'workloads', 'runforrest', 'taskgraph', 'dask', 'dask.distributed']
     subprocess.run([sys.executable, '-c', f'import {", ".join(modules)}'],
                    cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True,
                    env={**os.environ, 'PYTHONPATH': REPOSITORY})
