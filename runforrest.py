@@ -3668,9 +3668,12 @@ class _ForkServer:
         now or as soon as a standby is there: its standby reads its file and
         imports its function, runs none of it, and waits for `start` to say
         go. Reading and importing are most of what starting a task costs, and
-        so they leave its way."""
-        self.upcoming = todo, result, output
-        self._stage()
+        so they leave its way. Asked again for the task that is staged, it
+        does nothing: if that standby has died meanwhile, the task starts on
+        another in its turn rather than die again ahead of it."""
+        if self.staged is None or self.staged[0] != todo:
+            self.upcoming = todo, result, output
+            self._stage()
 
     def _stage(self):
         if self.upcoming is None or self.staged is not None or not self.standbys:

@@ -65,6 +65,16 @@ def wait_for_files(directory, pattern, count):
     return time.time()
 
 
+def count_files_later(directory, pattern, count, seconds):
+    """Wait until count files in directory match pattern, then seconds more;
+    return how many match then, or None if count never did."""
+    import glob
+    if wait_for_files(directory, pattern, count) is None:
+        return None
+    time.sleep(seconds)
+    return len(glob.glob(os.path.join(directory, pattern)))
+
+
 def imported_in():
     """(the pid that imported this module, this task's pid)."""
     return IMPORTED_IN, os.getpid()

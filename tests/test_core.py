@@ -326,17 +326,14 @@ def test_the_next_task_imports_its_function_while_the_last_slot_is_busy(
     assert called > first.returnvalue  # and none of it ran before its turn
 
 
-@pytest.mark.parametrize('fault, imports', [('raise', 1), ('segfault', 2)])  # at most
-def test_a_task_whose_import_fails_ahead_fails_in_its_turn(tasklist, tmp_path, monkeypatch,
-                                                           fault, imports):
-    # Its standby records the error when the task starts; a task whose
-    # import kills its standby dies in its turn, there (if the driver says
-    # go before it hears of the death) or again, unstaged.
-    module = f'broken_by_{fault}'
-    (tmp_path / f'{module}.py').write_text(textwrap.dedent(f'''
+def broken_at_import(directory, fault, monkeypatch):
+    """A module whose import in a process other than this one leaves a file
+    imported-PID in directory, then raises or segfaults."""
+    module = f'broken_{directory.name}'  # a new one for each test
+    (directory / f'{module}.py').write_text(textwrap.dedent(f'''
         import os, signal
         if os.getpid() != {os.getpid()}:  # not in the driver
-            open(os.path.join({str(tmp_path)!r}, f'imported-{{os.getpid()}}'), 'w').close()
+            open(os.path.join({str(directory)!r}, f'imported-{{os.getpid()}}'), 'w').close()
             if {fault!r} == 'raise':
                 raise RuntimeError('broken at import')
             os.kill(os.getpid(), signal.SIGSEGV)
@@ -344,20 +341,32 @@ def test_a_task_whose_import_fails_ahead_fails_in_its_turn(tasklist, tmp_path, m
         def never():
             return 'ran'
     '''))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    broken = __import__(module)
-    tasklist.schedule(defer(tasks.wait_for_files, str(tmp_path), 'imported-*', 1))
+    monkeypatch.syspath_prepend(str(directory))
+    return __import__(module)
+
+
+@pytest.mark.parametrize('fault, imports', [('raise', 1), ('segfault', 2)])
+def test_a_task_whose_import_fails_ahead_fails_in_its_turn(tasklist, tmp_path, monkeypatch,
+                                                           fault, imports):
+    # Its standby records the error when the task starts; a task whose
+    # import kills its standby is not staged again while the task before it
+    # runs on (it would only die again), and dies in its turn, unstaged.
+    broken = broken_at_import(tmp_path, fault, monkeypatch)
+    # A run looks for the next task after each end and each yield; the
+    # first task makes it look while `never` is staged.
+    tasklist.schedule(defer(tasks.identity, 'first'))
+    tasklist.schedule(defer(tasks.count_files_later, str(tmp_path), 'imported-*', 1, 1.0))
     tasklist.schedule(defer(broken.never))
     tasklist.schedule(defer(tasks.identity, 'after'))
     results = run_all(tasklist, nprocesses=1)
-    assert results['00000001-wait_for_files'].returnvalue is not None
-    error = results['00000002-never'].errorvalue
+    assert results['00000002-count_files_later'].returnvalue == 1, 'not staged once, ahead'
+    error = results['00000003-never'].errorvalue
     if fault == 'raise':
         assert isinstance(error, TaskFileError) and 'broken at import' in str(error)
     else:
         assert isinstance(error, runforrest.TaskCrashed), error
-    assert results['00000003-identity'].returnvalue == 'after'
-    assert 1 <= len(list(tmp_path.glob('imported-*'))) <= imports
+    assert results['00000004-identity'].returnvalue == 'after'
+    assert len(list(tmp_path.glob('imported-*'))) == imports
 
 
 def test_print_errors_prints_the_traceback_as_it_happens(tasklist, capfd):
