@@ -1620,10 +1620,11 @@ _RECORD_OFFSET = len(_OPENING) + 8
 _CLOSING = pickle.TUPLE2 + pickle.REDUCE + pickle.STOP  # _restore(RECORD, OUTCOME)
 _CLOSING_DAMAGED = pickle.NEWTRUE + pickle.TUPLE3 + pickle.REDUCE + pickle.STOP
 _MAIN_MODULE = '__main__'
-# Bytes of a record that read_task reads with its head; a larger one waits
-# until the task's call is used, so that yielding a task that takes the
-# results of thousands builds no graph of thousands in the driver.
-_EAGER_RECORD = 1 << 16
+# Bytes of a record that read_task reads with its head. A record unpickles
+# to ten or twenty times its size: a larger one waits until the task's call
+# is used, so that yielding a task that takes the results of a hundred tasks
+# or more, or large arguments, builds none of them in the driver.
+_EAGER_RECORD = 1 << 12
 
 
 def _restore(record, outcome, damaged=False):
