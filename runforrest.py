@@ -1989,8 +1989,8 @@ def read_task(path, outcome=True):
     taskname, and with returnvalue, errorvalue, traceback and runtime if it
     has run. With outcome=False, the outcome is read from the file only when
     it is first asked for. What a large task calls (its function and
-    arguments, and the graph of tasks behind them: thousands of dependencies,
-    or arguments of megabytes) is read from the file when first used. Pickle
+    arguments, and the graph of tasks behind them: a hundred dependencies or
+    more, or large arguments) is read from the file when first used. Pickle
     or dill load the same task from the file, without the checks.
 
     A task read from a task list's file is that list's task: scheduled in a
@@ -4051,8 +4051,10 @@ class Run:
 
     Each yielded task has `returnvalue` or `errorvalue` (see the error
     classes), `traceback`, `metadata`, `runtime` and `taskname`, and its
-    file has moved to done/ or fail/. `len()` is how many tasks the run
-    yields, counted from file names, so `tqdm(tasklist.run())` works.
+    file has moved to done/ or fail/, from which its outcome, and the call
+    of a large task, are read when first used (see `read_task`). `len()` is
+    how many tasks the run yields, counted from file names, so
+    `tqdm(tasklist.run())` works.
 
     nprocesses: tasks running at once (default: the CPUs this process may use).
     print_errors: print the traceback of each failure as it happens.
@@ -4261,8 +4263,9 @@ class Run:
         return True
 
     def _collect(self, name, report):
-        """File a result, and return its task, with the outcome read when it
-        is first asked for, and whether it is done."""
+        """File a result, and return its task, with the outcome, and the call
+        of a large task, read when first asked for (see read_task), and
+        whether it is done."""
         path, header = self.tasklist._file(name)
         try:
             task = read_task(path, outcome=False)
