@@ -445,11 +445,10 @@ def evaluate(task):
 
 
 def _flatten(root, cut=None):
-    """root's graph as a flat list of nodes, children first, in each of them
-    each task replaced by its node, the very tuple: pickled in this order,
-    a node's tasks are references to what was pickled already, which needs
-    no recursion, and a task with thousands of arguments costs no object
-    for each of them.
+    """root's graph as a flat list of nodes, children first, in which each
+    task is replaced by its node itself: pickled in this order, a node's
+    tasks are references to what was pickled already, which needs no
+    recursion, nor an object for each of a task's thousands of arguments.
 
     cut maps the keys of tasks scheduled on a list to their names; each of
     them becomes the `_Result` of that name, and what is below it goes. Its
@@ -484,7 +483,7 @@ class _Graph:
 
 
 def _rebuild(nodes):
-    tasks = {}  # id of a node: its task
+    tasks = {}  # id of a node, the very object in the arguments that use it: its task
 
     def task_of(value):
         return tasks.get(id(value), value)
@@ -1593,9 +1592,8 @@ def _argument_name(node, which):
 #
 # An index of builtins only follows: the state, where the record lies, the
 # error's type and summary, the runtime, the names of the tasks it depends
-# on (one string, a name a line: see `_each_name`), and the driver's sys.path
-# and directory. Then the index's size, and an
-# end mark:
+# on (one string, a name a line: see `_each_name`), and the driver's
+# sys.path and directory. Then the index's size, and an end mark:
 #
 #   [ _restore(...) pickle ][ index pickle ][ index size: 8 bytes ][ _END ]
 #
@@ -2648,9 +2646,9 @@ class TaskList:
 
     def _mark(self, task, name):
         """Note on task that it is the task name of this list, for the graphs
-        that use it (see `_dependencies`): an attribute, a tuple, since a
-        dict, or the task's __dict__, which asking for makes, would cost as
-        much as the task itself, for each of thousands."""
+        that use it later (see `_dependencies`). A tuple in an attribute: a
+        dict, in the __dict__ that asking for makes, cost as much again as
+        the task itself, for each of thousands."""
         task._scheduled = (*(place for place in task._scheduled if place[0] != self.directory),
                            (self.directory, name))
 
@@ -3984,11 +3982,11 @@ class _Dependencies:
                 return False
         waiting = 0
         for other in _each_name(after):
-            other = self.unfinished.get(other)
-            if other is not None:
+            unfinished = self.unfinished.get(other)
+            if unfinished is not None:
                 waiting += 1
-                if self.dependents.setdefault(other, name) != name:
-                    self.more.setdefault(other, []).append(name)
+                if self.dependents.setdefault(unfinished, name) != name:
+                    self.more.setdefault(unfinished, []).append(name)
         if not waiting:
             return True
         self.missing[name] = waiting
