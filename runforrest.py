@@ -445,11 +445,10 @@ def evaluate(task):
 
 
 def _flatten(root, cut=None):
-    """root's graph as a flat list of nodes, children first, in each of them
-    each task replaced by its node, the very tuple: pickled in this order,
-    a node's tasks are references to what was pickled already, which needs
-    no recursion, and a task with thousands of arguments costs no object
-    for each of them.
+    """root's graph as a flat list of nodes, children first, in which each
+    task is replaced by its node itself: pickled in this order, a node's
+    tasks are references to what was pickled already, which needs no
+    recursion, nor an object for each of a task's thousands of arguments.
 
     cut maps the keys of tasks scheduled on a list to their names; each of
     them becomes the `_Result` of that name, and what is below it goes. Its
@@ -484,7 +483,7 @@ class _Graph:
 
 
 def _rebuild(nodes):
-    tasks = {}  # id of a node: its task
+    tasks = {}  # id of a node, the very object in the arguments that use it: its task
 
     def task_of(value):
         return tasks.get(id(value), value)
@@ -1626,9 +1625,8 @@ def _argument_name(node, which):
 #
 # An index of builtins only follows: the state, where the record lies, the
 # error's type and summary, the runtime, the names of the tasks it depends
-# on (one string, a name a line: see `_each_name`), and the driver's sys.path
-# and directory. Then the index's size, and an
-# end mark:
+# on (one string, a name a line: see `_each_name`), and the driver's
+# sys.path and directory. Then the index's size, and an end mark:
 #
 #   [ _restore(...) pickle ][ index pickle ][ index size: 8 bytes ][ _END ]
 #
@@ -1653,10 +1651,11 @@ _RECORD_OFFSET = len(_OPENING) + 8
 _CLOSING = pickle.TUPLE2 + pickle.REDUCE + pickle.STOP  # _restore(RECORD, OUTCOME)
 _CLOSING_DAMAGED = pickle.NEWTRUE + pickle.TUPLE3 + pickle.REDUCE + pickle.STOP
 _MAIN_MODULE = '__main__'
-# Bytes of a record that read_task reads with its head; a larger one waits
-# until the task's call is used, so that yielding a task that takes the
-# results of thousands builds no graph of thousands in the driver.
-_EAGER_RECORD = 1 << 16
+# Bytes of a record that read_task reads with its head. A record unpickles
+# to ten or twenty times its size: a larger one waits until the task's call
+# is used, so that yielding a task that takes the results of a hundred tasks
+# or more, or large arguments, builds none of them in the driver.
+_EAGER_RECORD = 1 << 12
 
 
 def _restore(record, outcome, damaged=False):
@@ -2024,8 +2023,8 @@ def read_task(path, outcome=True):
     taskname, and with returnvalue, errorvalue, traceback and runtime if it
     has run. With outcome=False, the outcome is read from the file only when
     it is first asked for. What a large task calls (its function and
-    arguments, and the graph of tasks behind them: thousands of dependencies,
-    or arguments of megabytes) is read from the file when first used. Pickle
+    arguments, and the graph of tasks behind them: a hundred dependencies or
+    more, or large arguments) is read from the file when first used. Pickle
     or dill load the same task from the file, without the checks.
 
     A task read from a task list's file is that list's task: scheduled in a
@@ -2777,9 +2776,9 @@ class TaskList:
 
     def _mark(self, task, name):
         """Note on task that it is the task name of this list, for the graphs
-        that use it (see `_dependencies`): an attribute, a tuple, since a
-        dict, or the task's __dict__, which asking for makes, would cost as
-        much as the task itself, for each of thousands."""
+        that use it later (see `_dependencies`). A tuple in an attribute: a
+        dict, in the __dict__ that asking for makes, cost as much again as
+        the task itself, for each of thousands."""
         task._scheduled = (*(place for place in task._scheduled if place[0] != self.directory),
                            (self.directory, name))
 
@@ -4197,11 +4196,11 @@ class _Dependencies:
                 return False
         waiting = 0
         for other in _each_name(after):
-            other = self.unfinished.get(other)
-            if other is not None:
+            unfinished = self.unfinished.get(other)
+            if unfinished is not None:
                 waiting += 1
-                if self.dependents.setdefault(other, name) != name:
-                    self.more.setdefault(other, []).append(name)
+                if self.dependents.setdefault(unfinished, name) != name:
+                    self.more.setdefault(unfinished, []).append(name)
         if not waiting:
             return True
         self.missing[name] = waiting
@@ -4264,8 +4263,10 @@ class Run:
 
     Each yielded task has `returnvalue` or `errorvalue` (see the error
     classes), `traceback`, `metadata`, `runtime` and `taskname`, and its
-    file has moved to done/ or fail/. `len()` is how many tasks the run
-    yields, counted from file names, so `tqdm(tasklist.run())` works.
+    file has moved to done/ or fail/, from which its outcome, and the call
+    of a large task, are read when first used (see `read_task`). `len()` is
+    how many tasks the run yields, counted from file names, so
+    `tqdm(tasklist.run())` works.
 
     nprocesses: tasks running at once (default: the CPUs this process may use).
     print_errors: print the traceback of each failure as it happens.
@@ -4480,8 +4481,9 @@ class Run:
         return True
 
     def _collect(self, name, report):
-        """File a result, and return its task, with the outcome read when it
-        is first asked for, and whether it is done."""
+        """File a result, and return its task, with the outcome, and the call
+        of a large task, read when first asked for (see read_task), and
+        whether it is done."""
         path, header = self.tasklist._file(name)
         try:
             task = read_task(path, outcome=False)

@@ -137,6 +137,9 @@ def test_every_task_file_unpickles_to_its_task(tmp_path, load):
     assert isinstance(task.errorvalue, ValueError) and 'in fail' in task.traceback
     with open(os.path.join(tasklist.directory, 'done', f'{lam}.pkl'), 'rb') as file:
         assert load(file).returnvalue(2) == 6
+    # runforrest reads the outcome alone: the same, also one that only dill pickles.
+    path = os.path.join(tasklist.directory, 'done', f'{lam}.pkl')
+    assert runforrest.read_task(path, outcome=False).returnvalue(2) == 6
 
 
 def test_a_list_shows_only_its_three_folders_and_tasks_in_them(tmp_path):

@@ -341,6 +341,31 @@ def test_a_large_intermediate_result_is_never_held_by_the_driver(tmp_path):
     assert grown < 50, f'the driver grew by {grown} MiB'
 
 
+BIG_RESULT = '''
+import resource, sys
+from runforrest import TaskList, defer
+import tasks_pipeline as tasks
+tasklist = TaskList(sys.argv[1])
+tasklist.schedule(defer(tasks.big_bytes, 200))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+[length] = [len(task.returnvalue) for task in tasklist.run(nprocesses=1)]
+print(length, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10)
+'''
+
+
+def test_the_driver_reads_a_large_result_in_one_copy(tmp_path):
+    # The outcome is read alone, and pickle reads its bytes straight into place.
+    script = tmp_path / 'driver.py'
+    script.write_text(BIG_RESULT)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / 'list')],
+                          env={**os.environ, 'PYTHONPATH': HERE}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    length, grown = map(int, done.stdout.split())
+    assert length == 200 << 20
+    assert grown < 300, f'the driver grew by {grown} MiB'
+
+
 PARTS = 5000  # items of one result: a graph of thousands of tasks, behind one dependency
 
 
