@@ -3124,7 +3124,6 @@ class _DriverLock:
 
     def __enter__(self):
         import fcntl
-        import json
         import socket
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -3305,6 +3304,7 @@ def _write_result(path, todo_header, record, outcome, durable, runtime, **fields
     outcome = _transportable_error(outcome)
 
     def write(file):
+        failure = None  # why the outcome could not be pickled
         for attempt in (outcome, None):
             if attempt is None:
                 attempt = {'errorvalue': UnpicklableResult(

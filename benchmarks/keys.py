@@ -192,7 +192,7 @@ def rerun(ntasks, nrun):
         again, _, _ = run('waiting', ntasks, 'schedule')
         run('done', nrun, 'run')
         done_again, reused, cpu = run('done', nrun, 'run')
-    table(f'Running an unchanged script again on a reuse list', ['', 'ms per task'],
+    table('Running an unchanged script again on a reuse list', ['', 'ms per task'],
           [[f'first run, {ntasks:,} tasks scheduled', f'{first:.3f}'],
            [f'again, {ntasks:,} tasks matched in todo/', f'{again:.3f}'],
            [f'again, {nrun:,} tasks matched in done/ ({reused} reused, '
