@@ -3541,13 +3541,19 @@ class _OutputFiles:
 class _Job:
     """One task process, from the supervisor's point of view."""
 
-    def __init__(self, todo, result, output, deadline):
+    def __init__(self, todo, result, output, autokill):
         self.todo, self.result, self.output = todo, result, output
-        self.started = time.monotonic()
-        self.deadline = deadline and self.started + deadline
+        self.autokill = autokill
+        self.started = self.deadline = None  # see `began`
         self.pid = None
         self.cause = None  # why runforrest killed it, if it did
         self.refusals = 0  # times the system had no process for it
+
+    def began(self):
+        """Its process has its task: its time counts from now, not from a
+        wait for a process (the template's start, a process limit)."""
+        self.started = time.monotonic()
+        self.deadline = self.autokill and self.started + self.autokill
 
 
 class _Spawner:
@@ -4040,6 +4046,7 @@ class _Supervisor:
     def _launch(self, job):
         try:
             self.launcher.start(job)
+            job.began()
             self.jobs[job.result] = job
         except BlockingIOError:  # the process limit: try again when one ends
             self._refuse(job, 'no process available')

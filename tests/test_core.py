@@ -288,6 +288,21 @@ def test_autokill_fails_the_task_and_says_why(tasklist):
     assert [t.taskname for t in tasklist.fail_tasks()] == ['00000001-hang']
 
 
+def test_autokill_counts_from_the_task_s_start_not_from_the_wait_for_a_process(
+        tasklist, tmp_path, monkeypatch):
+    # The template imports slow_to_load for 3 s before it forks a process
+    # for the first task: a wait longer than autokill.
+    (tmp_path / 'slow_to_load.py').write_text(textwrap.dedent(f'''
+        import os, time
+        if os.getpid() != {os.getpid()}:  # not in the driver
+            time.sleep(3)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tasklist.schedule(defer(tasks.identity, 'in time'))
+    [task] = tasklist.run(nprocesses=1, autokill=2, preload=['slow_to_load'])
+    assert task.returnvalue == 'in time', task.errorvalue
+
+
 def test_preloaded_modules_are_imported_once_for_all_tasks(tmp_path):
     # tasks.imported_in() says which process imported its module first.
     runs = {}
