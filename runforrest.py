@@ -3675,8 +3675,14 @@ class _ForkServer:
         go. Reading and importing are most of what starting a task costs, and
         so they leave its way. Asked again for the task that is staged, it
         does nothing: if that standby has died meanwhile, the task starts on
-        another in its turn rather than die again ahead of it."""
-        if self.staged is None or self.staged[0] != todo:
+        another in its turn rather than die again ahead of it. Asked for
+        another task, it lets the staged one's standby go without it: that
+        task may start later, unstaged, or never (it waited for a task that
+        failed)."""
+        if self.staged is not None and self.staged[0] != todo:
+            self.staged[2].close()  # its standby leaves, and the template reaps it
+            self.staged = None
+        if self.staged is None:
             self.upcoming = todo, result, output
             self._stage()
 
@@ -4232,6 +4238,16 @@ class _Dependencies:
                 ready.append(dependent)
         return ready
 
+    def soonest(self, *groups):
+        """A task that waits for nothing but one task in groups (of names,
+        those nearest to their end first), if any."""
+        for group in groups:
+            for name in group:
+                dependent = self.dependents.get(name)
+                if self.missing.get(dependent) == 1:
+                    return dependent
+        return None
+
     def stuck(self):
         """Fail the tasks that wait for something that this run will never
         file (a cycle, made by hand), so that the run ends."""
@@ -4394,8 +4410,13 @@ class Run:
                         backend.start(name)
                         running.add(name)
                         report.started(name)
-                    if pending:
-                        backend.next(pending[0])
+                    if backend.stages:
+                        # Else, one that waits for a task about to end: in a
+                        # chain, always the next.
+                        upcoming = pending[0] if pending else dependencies.soonest(finished,
+                                                                                  running)
+                        if upcoming is not None:
+                            backend.next(upcoming)
                     report.waiting(len(dependencies))
 
                 fill()
@@ -4508,6 +4529,8 @@ class _LocalBackend:
     make_supervisor now if eager, else for the first task: a run with
     nothing to run (on a reuse list, say) starts no process."""
 
+    stages = True  # see `next`
+
     def __init__(self, tasklist, nprocesses, make_supervisor, eager):
         self.tasklist, self.nprocesses = tasklist, nprocesses
         self.make_supervisor = make_supervisor
@@ -4530,7 +4553,8 @@ class _LocalBackend:
         self.supervisor.start(*self._paths(name))
 
     def next(self, name):
-        """name starts next, once there is room."""
+        """name starts next, once there is room: its process may get ready
+        ahead (see `_ForkServer.stage`)."""
         if self.supervisor is not None:
             self.supervisor.stage(*self._paths(name))
 
@@ -5304,6 +5328,8 @@ class _ExecutorBackend:
     """Runs each task through a concurrent.futures Executor, such as Dask's:
     a worker supervises the task's process, as a local run would."""
 
+    stages = False  # a worker takes a task when it is submitted, not ahead
+
     def __init__(self, tasklist, executor, nprocesses, autokill, memory_limit, sessionfile):
         self.tasklist, self.executor, self.nprocesses = tasklist, executor, nprocesses
         self.options = dict(autokill=autokill, memory_limit=memory_limit,
@@ -5320,9 +5346,6 @@ class _ExecutorBackend:
 
     def has_room(self):
         return len(self.futures) < self.nprocesses
-
-    def next(self, name):
-        pass  # a worker of the executor's takes it when it is submitted
 
     def start(self, name):
         tasklist = self.tasklist
@@ -5415,6 +5438,8 @@ _SLURM_ENDED = {'BOOT_FAIL', 'CANCELLED', 'COMPLETED', 'DEADLINE', 'FAILED',
 class _SlurmBackend:
     """Submits todo tasks as SLURM job arrays and watches the queue."""
 
+    stages = False  # a job starts when SLURM says
+
     def __init__(self, tasklist, slurm, nprocesses, autokill, memory_limit, sessionfile):
         self.tasklist, self.slurm, self.nprocesses = tasklist, slurm, nprocesses
         self.arguments = []
@@ -5454,9 +5479,6 @@ class _SlurmBackend:
 
     def has_room(self):
         return len(self.jobs) + len(self.queued) < self.nprocesses
-
-    def next(self, name):
-        pass  # a cluster job starts when SLURM says
 
     def start(self, name):
         self.queued.append(name)

@@ -341,6 +341,39 @@ def test_the_next_task_imports_its_function_while_the_last_slot_is_busy(
     assert called > first.returnvalue  # and none of it ran before its turn
 
 
+def test_a_task_that_waits_for_the_running_one_imports_ahead_or_is_let_go(
+        tasklist, tmp_path, monkeypatch):
+    # Each task that takes the result of the one running imports its module
+    # ahead, which ends that one: the first fails, and so the task staged for
+    # it never runs; its standby makes way for the next, scheduled meanwhile.
+    for name in ('first_ahead', 'second_ahead'):
+        (tmp_path / f'{name}.py').write_text(textwrap.dedent(f'''
+            import os
+            if os.getpid() != {os.getpid()}:  # not in the driver
+                open(os.path.join({str(tmp_path)!r}, '{name}-imported'), 'w').close()
+
+            def called(value):
+                return value
+        '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first_ahead, second_ahead = __import__('first_ahead'), __import__('second_ahead')
+    failing = defer(tasks.step, RuntimeError('on purpose'),
+                    wait=str(tmp_path / 'first_ahead-imported'))
+    first = tasklist.schedule(failing)
+    unrun = tasklist.schedule(defer(first_ahead.called, failing))
+    results = {}
+    for task in tasklist.run(nprocesses=1):
+        results[task.taskname] = task
+        if task.taskname == first:
+            succeeding = defer(tasks.step, 'second', wait=str(tmp_path / 'second_ahead-imported'))
+            second = tasklist.schedule(succeeding)
+            last = tasklist.schedule(defer(second_ahead.called, succeeding))
+    assert str(results[first].errorvalue) == 'on purpose', 'its dependent was not staged'
+    assert isinstance(results[unrun].errorvalue, runforrest.DependencyFailed)
+    assert results[second].returnvalue == 'second', 'the next was not staged'
+    assert results[last].returnvalue == 'second'
+
+
 def broken_at_import(directory, fault, monkeypatch):
     """A module whose import in a process other than this one leaves a file
     imported-PID in directory, then raises or segfaults."""
