@@ -4295,7 +4295,8 @@ class Run:
     print_errors: print the traceback of each failure as it happens.
     save_session: make the driver's __main__ globals available to tasks.
     autokill: SIGKILL the process group of a task that runs longer than
-        this many seconds; it fails with `TaskTimeout`.
+        this many seconds, from when its process gets it; it fails with
+        `TaskTimeout`.
     memory_limit: bytes, or a size such as '2G': SIGKILL the process group
         of a task whose resident memory exceeds it; it fails with
         `TaskOutOfMemory`. Measured five times a second.
@@ -4303,9 +4304,10 @@ class Run:
         more times, before it counts as failed.
     progress: show done, failed and running counts, rate and ETA.
     start_method: 'forkserver' (fork each task from a template process that
-        started once, the default; the task that starts next reads its file
-        and imports its function in its own process while the slots are
-        busy) or 'spawn' (a fresh interpreter per task).
+        started once, the default; the task that starts next, or else one
+        that waits for a task about to end, reads its file and imports its
+        function in its own process while the slots are busy) or 'spawn'
+        (a fresh interpreter per task).
     preload: modules the forkserver template imports once, for all tasks.
     executor: run elsewhere: a `Slurm` object, or a concurrent.futures
         Executor such as `distributed.Client(...).get_executor()`.
