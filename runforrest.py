@@ -4413,8 +4413,8 @@ class Run:
                         running.add(name)
                         report.started(name)
                     if backend.stages:
-                        # Else, one that waits for a task about to end: in a
-                        # chain, always the next.
+                        # The task that starts next, or else one that waits
+                        # for a task about to end: in a chain, always the next.
                         upcoming = pending[0] if pending else dependencies.soonest(finished,
                                                                                   running)
                         if upcoming is not None:
