@@ -329,14 +329,20 @@ print(lengths[0], (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) 
 '''
 
 
-def test_a_large_intermediate_result_is_never_held_by_the_driver(tmp_path):
-    script = tmp_path / 'driver.py'
-    script.write_text(BIG_INTERMEDIATE)
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / 'list')],
+def run_driver(tmp_path, script):
+    """Run script as a driver of the list tmp_path/list; return the length
+    and the growth of its peak memory in MiB that it prints."""
+    path = tmp_path / 'driver.py'
+    path.write_text(script)
+    done = subprocess.run([sys.executable, str(path), str(tmp_path / 'list')],
                           env={**os.environ, 'PYTHONPATH': HERE}, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    length, grown = map(int, done.stdout.split())
+    return map(int, done.stdout.split())
+
+
+def test_a_large_intermediate_result_is_never_held_by_the_driver(tmp_path):
+    length, grown = run_driver(tmp_path, BIG_INTERMEDIATE)
     assert length == 200 << 20
     assert grown < 50, f'the driver grew by {grown} MiB'
 
@@ -355,13 +361,7 @@ print(length, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 1
 
 def test_the_driver_reads_a_large_result_in_one_copy(tmp_path):
     # The outcome is read alone, and pickle reads its bytes straight into place.
-    script = tmp_path / 'driver.py'
-    script.write_text(BIG_RESULT)
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / 'list')],
-                          env={**os.environ, 'PYTHONPATH': HERE}, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    length, grown = map(int, done.stdout.split())
+    length, grown = run_driver(tmp_path, BIG_RESULT)
     assert length == 200 << 20
     assert grown < 300, f'the driver grew by {grown} MiB'
 
