@@ -129,6 +129,22 @@ class Processes:
                         kill(pid)
 
 
+def templates(pids, parent):
+    """Those of pids that are forkserver templates started by parent; a
+    process that ends meanwhile is none."""
+    found = []
+    for pid in pids:
+        try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as file:
+                command = file.read()
+        except OSError:
+            continue
+        fields = stat_fields(pid)
+        if fields and int(fields[1]) == parent and b'_serve_forks' in command:
+            found.append(pid)
+    return found
+
+
 @pytest.fixture
 def processes():
     tracker = Processes()
@@ -675,9 +691,7 @@ def test_task_processes_die_with_a_killed_forkserver_template(tmp_path, processe
     driver = processes.driver([sys.executable, script, str(tmp_path / 'tasks'), marker], output)
     wait_marker(marker)
     tree = marker_processes(marker)
-    [template] = [pid for pid in session_members(driver.pid)
-                  if int(stat_fields(pid)[1]) == driver.pid and
-                  b'_serve_forks' in open(f'/proc/{pid}/cmdline', 'rb').read()]
+    [template] = templates(session_members(driver.pid), driver.pid)
     os.kill(template, signal.SIGKILL)
     lines = finish(driver, output)
     assert any(line.startswith('error the forkserver template process died') for line in lines), \
@@ -696,8 +710,7 @@ def test_standbys_killed_from_outside_do_not_stall_a_run(tasklist):
     killed = []
     for task in tasklist.run(nprocesses=1, retries=1, start_method='forkserver'):
         if not killed:
-            [template] = [pid for pid in children_of(os.getpid())
-                          if b'_serve_forks' in open(f'/proc/{pid}/cmdline', 'rb').read()]
+            [template] = templates(children_of(os.getpid()), os.getpid())
             # The next task's process, and a standby that waits for the one
             # after; the task runs again (retries).
             killed = wait_for(lambda: len(children_of(template)) >= 2 and children_of(template),
