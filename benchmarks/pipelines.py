@@ -26,15 +26,17 @@ Workloads, each a table:
   n + 1 independent stages. Per dependency edge: the difference of the
   two runs' driver CPU time (user + system, all of the driver's threads,
   none of its children), and of their wall time, divided by n; wall time
-  varies by seconds on a busy machine, CPU time much less. The driver's
-  peak memory (VmHWM) at two sizes: its growth per stage says whether it
-  stays flat. n + 1 independent stages at both sizes grow as well, with
-  what the script itself holds per stage (the task objects it builds, and
-  keeps) and what the driver holds per task: the fan-in's growth beyond
-  theirs is what its dependency edges cost. As the difference of two runs
-  of ten thousand task processes drowns the edges' cost, runforrest's is
-  also measured directly: the sink alone, scheduled on a list whose n
-  stages are done, run and read back, versus a sink of none of them.
+  varies by seconds on a busy machine, CPU time much less. As that
+  difference of two runs of ten thousand task processes drowns what the
+  edges cost, runforrest's is also measured directly: the sink alone,
+  scheduled on a list whose n stages are done, run and read back, versus
+  a sink of none of them. The driver's peak memory (VmHWM) at two sizes,
+  and its growth per stage; n + 1 independent stages at both sizes grow as
+  well, with what the script itself holds per stage (the task objects it
+  builds, and keeps) and what the driver holds per task: the fan-in's
+  growth beyond theirs is what its dependency edges cost. runforrest's
+  resident memory during the run, from its first result to its last,
+  says whether the driver stays flat while results pass through it.
 - dense: n stages, and n that each take all their results, versus 2 n
   independent ones: n * n edges, per edge as for the fan-in, but among
   few stages, so that the edges' cost stands out of the noise.
@@ -173,6 +175,9 @@ class Outcome:
     def __init__(self):
         self.done = self.total = 0
         self.failed = {}  # node: 'ErrorType: message'
+        # runforrest's: how much its resident memory grew from the first
+        # result to the last, in MiB
+        self.during = float('nan')
         self.raised = None  # what aborted the whole graph, if anything
 
     def result(self, value):
@@ -210,11 +215,12 @@ def driver_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def peak_memory():
-    """The driver's peak resident memory (VmHWM) in MiB. Not ru_maxrss,
-    which exec() carries over from the parent, the benchmark."""
+def memory(field):
+    """The driver's memory in MiB, from /proc/self/status: VmHWM is its
+    peak, which ru_maxrss is not (exec() carries that over from the parent,
+    the benchmark), VmRSS what it holds now."""
     with open('/proc/self/status') as file:
-        return int(re.search(r'VmHWM:\s+(\d+) kB', file.read()).group(1)) / 1024
+        return int(re.search(fr'{field}:\s+(\d+) kB', file.read()).group(1)) / 1024
 
 
 def run_runforrest(nodes, spec, timing, outcome):
@@ -229,12 +235,16 @@ def run_runforrest(nodes, spec, timing, outcome):
             tasks.append(task)
 
     def run(tasklist):
+        first = None
         for task in tasklist.run(nprocesses=spec['nprocesses'], autokill=spec['autokill'],
                                  memory_limit=spec['memory_limit']):
+            if first is None:
+                first = memory('VmRSS')
             if task.errorvalue is None:
                 outcome.result(task.returnvalue)
             else:
                 outcome.failed[task.metadata] = describe(task.errorvalue)
+        outcome.during = memory('VmRSS') - first
 
     untimed, tasklist = len(nodes) - 1 if spec['graph'] in SINKS else 0, None
     if untimed:
@@ -323,7 +333,7 @@ def child(spec):
     RUNNERS[spec['system']](nodes, spec, timing, outcome)
     report = {'wall': timing.wall, 'build': timing.build, 'cpu': timing.cpu, 'done': outcome.done,
               'total': outcome.total, 'failed': outcome.failed, 'raised': outcome.raised,
-              'peak': peak_memory()}
+              'peak': memory('VmHWM'), 'during': outcome.during}
     with open(spec['report'], 'w') as file:
         json.dump(report, file)
 
@@ -471,6 +481,11 @@ def kept(system, directory):
     return 0  # dask holds results in memory
 
 
+# What a run measures: wall time, driver CPU time, driver peak memory, time
+# to build the graph, and runforrest's memory growth during the run.
+Sample = collections.namedtuple('Sample', 'wall cpu peak build during')
+
+
 class Harness:
     def __init__(self, options):
         self.options = options
@@ -510,9 +525,8 @@ class Harness:
         return 1 if self.options.quick or workload == 'fan-in' else 3
 
     def compare(self, workload, variants, systems):
-        """Median wall time, driver CPU time, driver peak memory and time to
-        build the graph, per system and variant (graph, size, nprocesses), or
-        why a system has none.
+        """The median `Sample` per system and variant (graph, size,
+        nprocesses), or why a system has none.
         Systems take turns within each repetition, so that a slow spell of the
         machine hits all of them alike."""
         samples = {system: collections.defaultdict(list) for system in systems}
@@ -522,12 +536,13 @@ class Harness:
                 try:
                     for variant in variants:
                         report = self.measure(system, *variant)
-                        samples[system][variant].append(
-                            (report['wall'], report['cpu'], report['peak'], report['build']))
+                        samples[system][variant].append(Sample(
+                            report['wall'], report['cpu'], report['peak'], report['build'],
+                            report['during']))
                 except Exception as error:  # report it with the others' results
                     failures[system] = f'{type(error).__name__}: {error}'
                     del samples[system]
-        medians = {system: {variant: tuple(map(statistics.median, zip(*runs)))
+        medians = {system: {variant: Sample(*map(statistics.median, zip(*runs)))
                             for variant, runs in by_variant.items()}
                    for system, by_variant in samples.items()}
         return medians, failures
@@ -559,21 +574,23 @@ def fan_in_workload(harness, systems):
     reference = medians.get('runforrest', {}).get(fanned, (None,))[0]
     edges, memory = [], []
     for system, runs in medians.items():
-        (wall, cpu, peak, _), (flat_wall, flat_cpu, flat_peak, _) = runs[fanned], runs[flat]
-        per_edge_wall = (wall - flat_wall) / large * 1000
-        per_edge_cpu = (cpu - flat_cpu) / large * 1000
-        growth = (peak - runs[few][2]) * 1024 / (large - small)
-        flat_growth = (flat_peak - runs[few_flat][2]) * 1024 / (large - small)
-        memory_verdict = ''
+        fan, loose = runs[fanned], runs[flat]
+        per_edge_wall = (fan.wall - loose.wall) / large * 1000
+        per_edge_cpu = (fan.cpu - loose.cpu) / large * 1000
+        growth = (fan.peak - runs[few].peak) * 1024 / (large - small)
+        flat_growth = (loose.peak - runs[few_flat].peak) * 1024 / (large - small)
+        during = verdict = ''
         if system == 'runforrest':
-            memory_verdict = bench.check('fan-in', 'driver peak growth [KiB per task]',
-                                         growth, 1)
-        edges.append([system, f'{wall:.2f}', f'{flat_wall:.2f}', versus(wall, reference),
-                      f'{per_edge_wall:.3f}', f'{per_edge_cpu:.4f}'])
-        memory.append([system, f'{runs[few][2]:.1f}', f'{peak:.1f}', f'{growth:.2f}',
-                       f'{runs[few_flat][2]:.1f}', f'{flat_peak:.1f}', f'{flat_growth:.2f}',
-                       f'{growth - flat_growth:.2f}', '<= 1' if memory_verdict else '',
-                       memory_verdict])
+            during = f'{fan.during:.1f}'
+            verdict = bench.check('fan-in', 'driver memory growth during the run [MiB]',
+                                  fan.during, 1)
+        edges.append([system, f'{fan.wall:.2f}', f'{loose.wall:.2f}',
+                      versus(fan.wall, reference), f'{per_edge_wall:.3f}',
+                      f'{per_edge_cpu:.4f}'])
+        memory.append([system, f'{runs[few].peak:.1f}', f'{fan.peak:.1f}', f'{growth:.2f}',
+                       f'{runs[few_flat].peak:.1f}', f'{loose.peak:.1f}', f'{flat_growth:.2f}',
+                       f'{growth - flat_growth:.2f}', during, '<= 1' if verdict else '',
+                       verdict])
     bench.table(f'fan-in: {large} trivial stages and one that takes all their results, '
                 f'{NPROCESSES} at a time, versus {large + 1} independent ones; '
                 f'per edge = the difference / {large}, which the noise of {large} task '
@@ -585,11 +602,13 @@ def fan_in_workload(harness, systems):
                 f'{small + 1} and {large + 1} independent ones; growth = the difference / '
                 f'{large - small} stages; over independent = the growth less theirs, per '
                 f'dependency edge. Independent stages grow too, with what the script keeps of '
-                f'each (its task objects) and the driver of each task; the target is on the growth',
+                f'each (its task objects) and the driver of each task. During the run: how '
+                f'much runforrest\'s resident memory grew from the first of the {large + 1} '
+                f'results to the last, the target',
                 ['system', f'peak, {small} [MiB]', f'peak, {large} [MiB]', 'growth [KiB per stage]',
                  f'peak, {small + 1} independent [MiB]', f'peak, {large + 1} independent [MiB]',
                  'independent growth [KiB per stage]', 'over independent [KiB per edge]',
-                 'target', 'result'], memory)
+                 'during the run [MiB]', 'target', 'result'], memory)
 
 
 def sink_table(harness, n):
@@ -600,12 +619,11 @@ def sink_table(harness, n):
     medians, failures = harness.compare('fan-in', [sink, empty], ['runforrest'])
     rows = []
     if 'runforrest' in medians:
-        (wall, cpu, _, _), (empty_wall, empty_cpu, _, _) = (medians['runforrest'][sink],
-                                                            medians['runforrest'][empty])
-        per_edge_cpu = (cpu - empty_cpu) / n * 1000
+        full, none = medians['runforrest'][sink], medians['runforrest'][empty]
+        per_edge_cpu = (full.cpu - none.cpu) / n * 1000
         verdict = check_cost('fan-in', 'driver CPU per edge [ms]', per_edge_cpu, 0.05)
-        rows.append(['runforrest', f'{wall:.3f}', f'{empty_wall:.3f}',
-                     f'{(wall - empty_wall) / n * 1000:.4f}', f'{per_edge_cpu:.4f}', '<= 0.05',
+        rows.append(['runforrest', f'{full.wall:.3f}', f'{none.wall:.3f}',
+                     f'{(full.wall - none.wall) / n * 1000:.4f}', f'{per_edge_cpu:.4f}', '<= 0.05',
                      verdict])
     bench.table(f'fan-in, its edges alone: the task that takes the results of {n} done '
                 f'stages, scheduled, run and read back, versus one that takes none of them; '
@@ -630,8 +648,8 @@ def dense_workload(harness, systems):
     reference = medians.get('runforrest', {}).get(linked, (None,))[0]
     rows = []
     for system, runs in medians.items():
-        (wall, cpu, _, _), (loose_wall, loose_cpu, _, _) = runs[linked], runs[loose]
-        per_edge_cpu = (cpu - loose_cpu) / n ** 2 * 1000
+        wall, loose_wall = runs[linked].wall, runs[loose].wall
+        per_edge_cpu = (runs[linked].cpu - runs[loose].cpu) / n ** 2 * 1000
         verdict = ''
         if system == 'runforrest':
             verdict = check_cost('dense', 'driver CPU per edge [ms]', per_edge_cpu, 0.05)
@@ -653,7 +671,8 @@ def chain_workload(harness, systems):
     reference = medians.get('runforrest', {}).get(linked, (None,))[0]
     rows = []
     for system, runs in medians.items():
-        (wall, _, _, build), (loose_wall, _, _, loose_build) = runs[linked], runs[loose]
+        wall, build = runs[linked].wall, runs[linked].build
+        loose_wall, loose_build = runs[loose].wall, runs[loose].build
         verdict = ''
         if system == 'runforrest':
             verdict = bench.check('chain', 'chain / independent, per task', wall / loose_wall,
@@ -680,7 +699,7 @@ def diamond_workload(harness, systems):
     reference = medians.get('runforrest', {}).get(shape, (None,))[0]
     rows = []
     for system, runs in medians.items():
-        wall = runs[shape][0]
+        wall = runs[shape].wall
         verdict = ''
         if system == 'runforrest':
             verdict = bench.check('diamond', 'wall / ideal', wall / ideal, 1.10)
