@@ -244,7 +244,8 @@ def run_runforrest(nodes, spec, timing, outcome):
                 outcome.result(task.returnvalue)
             else:
                 outcome.failed[task.metadata] = describe(task.errorvalue)
-        outcome.during = memory('VmRSS') - first
+        if first is not None:
+            outcome.during = memory('VmRSS') - first
 
     untimed, tasklist = len(nodes) - 1 if spec['graph'] in SINKS else 0, None
     if untimed:
@@ -572,7 +573,7 @@ def fan_in_workload(harness, systems):
     few, few_flat = ('fan-in', small), ('independent', small + 1)
     medians, failures = harness.compare('fan-in', [fanned, flat, few, few_flat], systems)
     reference = medians.get('runforrest', {}).get(fanned, (None,))[0]
-    edges, memory = [], []
+    edges, peaks = [], []
     for system, runs in medians.items():
         fan, loose = runs[fanned], runs[flat]
         per_edge_wall = (fan.wall - loose.wall) / large * 1000
@@ -587,7 +588,7 @@ def fan_in_workload(harness, systems):
         edges.append([system, f'{fan.wall:.2f}', f'{loose.wall:.2f}',
                       versus(fan.wall, reference), f'{per_edge_wall:.3f}',
                       f'{per_edge_cpu:.4f}'])
-        memory.append([system, f'{runs[few].peak:.1f}', f'{fan.peak:.1f}', f'{growth:.2f}',
+        peaks.append([system, f'{runs[few].peak:.1f}', f'{fan.peak:.1f}', f'{growth:.2f}',
                        f'{runs[few_flat].peak:.1f}', f'{loose.peak:.1f}', f'{flat_growth:.2f}',
                        f'{growth - flat_growth:.2f}', during, '<= 1' if verdict else '',
                        verdict])
@@ -608,7 +609,7 @@ def fan_in_workload(harness, systems):
                 ['system', f'peak, {small} [MiB]', f'peak, {large} [MiB]', 'growth [KiB per stage]',
                  f'peak, {small + 1} independent [MiB]', f'peak, {large + 1} independent [MiB]',
                  'independent growth [KiB per stage]', 'over independent [KiB per edge]',
-                 'during the run [MiB]', 'target', 'result'], memory)
+                 'during the run [MiB]', 'target', 'result'], peaks)
 
 
 def sink_table(harness, n):
