@@ -589,9 +589,9 @@ def fan_in_workload(harness, systems):
                       versus(fan.wall, reference), f'{per_edge_wall:.3f}',
                       f'{per_edge_cpu:.4f}'])
         peaks.append([system, f'{runs[few].peak:.1f}', f'{fan.peak:.1f}', f'{growth:.2f}',
-                       f'{runs[few_flat].peak:.1f}', f'{loose.peak:.1f}', f'{flat_growth:.2f}',
-                       f'{growth - flat_growth:.2f}', during, '<= 1' if verdict else '',
-                       verdict])
+                      f'{runs[few_flat].peak:.1f}', f'{loose.peak:.1f}', f'{flat_growth:.2f}',
+                      f'{growth - flat_growth:.2f}', during, '<= 1' if verdict else '',
+                      verdict])
     bench.table(f'fan-in: {large} trivial stages and one that takes all their results, '
                 f'{NPROCESSES} at a time, versus {large + 1} independent ones; '
                 f'per edge = the difference / {large}, which the noise of {large} task '
