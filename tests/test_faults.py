@@ -745,6 +745,10 @@ def _check_left_early(directory, quick, markers, hanging):
 def test_ctrl_c_kills_running_tasks_and_keeps_them_todo(tmp_path, processes, start_method):
     output = tmp_path / 'driver.out'
     script = write_driver(tmp_path, '''
+        import signal
+        # As in a terminal, even if the tests run where SIGINT is ignored
+        # (a shell's background job), which the driver would inherit.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         tasklist = TaskList(sys.argv[1])
         for x in (1, 2):
             tasklist.schedule(defer(faulty.double, x))
