@@ -314,11 +314,15 @@ class _Result(Task):
         super().__init__(_stored_result, (name,))
 
 
-# In a task process: the task list whose done/ holds the results it depends on.
+# In a task process: the task list whose done/ holds the results it depends
+# on, and those of them read ahead, while its task waited for its turn.
 _dependency_list = None
+_read_ahead = {}
 
 
 def _stored_result(name):
+    if name in _read_ahead:
+        return _read_ahead.pop(name)
     if _dependency_list is None:
         raise RunforrestError(f'this task uses the stored result of the task {name}, '
                               f'so it runs only from its task list: python -m '
@@ -333,6 +337,20 @@ def _stored_result(name):
             ('failed; see its file in fail/' if failed else
              f'has no readable result in done/ ({error}); run it first'),
             dependency=name, error_type='TaskFileError', error=str(error)) from None
+
+
+def _read_results_ahead(task):
+    """Read the stored results that task takes and that are done already, so
+    that they need not be read once it may run (see `_ForkServer.stage`).
+    One that cannot be read is left to be read, and fail, in its turn."""
+    for node in _postorder(task):
+        if type(node) is _Result:
+            name = node._args[0]
+            try:
+                _read_ahead[name] = read_task(
+                    os.path.join(_dependency_list, 'done', name + '.pkl')).returnvalue
+            except TaskFileError:
+                pass
 
 
 def _identity(value):
@@ -3195,9 +3213,9 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
     do_raise re-raises the task's exception, with its real traceback, after
     the result is written (for a debugger: python -m pdb -m runforrest ...).
     durable=False leaves flushing the result to disk to the caller. go, if
-    given, is called once the task is read and its function imported, and
-    returns when the task may run (see `_ForkServer.stage`); its runtime
-    counts from then.
+    given, is called once the task is read, its function imported and the
+    results it takes that are done read, and returns when the task may run
+    (see `_ForkServer.stage`); its runtime counts from then.
     """
     global _dependency_list
     resultfile = os.path.abspath(resultfile)
@@ -3232,6 +3250,8 @@ def execute(taskfile, resultfile, do_raise=False, do_print=False, sessionfile=No
             raise
         raised = error
     if go is not None:
+        if raised is None and _dependency_list is not None:
+            _read_results_ahead(task)
         go()
         started = time.monotonic()
     if raised is None:
@@ -3670,10 +3690,11 @@ class _ForkServer:
 
     def stage(self, todo, result, output):
         """Hand out the task that starts next while the running ones finish,
-        now or as soon as a standby is there: its standby reads its file and
-        imports its function, runs none of it, and waits for `start` to say
-        go. Reading and importing are most of what starting a task costs, and
-        so they leave its way. Asked again for the task that is staged, it
+        now or as soon as a standby is there: its standby reads its file,
+        imports its function, reads the results it takes that are done
+        already, runs none of it, and waits for `start` to say go. Reading
+        and importing are most of what starting a task costs, and so they
+        leave its way. Asked again for the task that is staged, it
         does nothing: if that standby has died meanwhile, the task starts on
         another in its turn rather than die again ahead of it. Asked for
         another task, it lets the staged one's standby go without it: that
@@ -4305,9 +4326,10 @@ class Run:
     progress: show done, failed and running counts, rate and ETA.
     start_method: 'forkserver' (fork each task from a template process that
         started once, the default; the task that starts next, or else one
-        that waits for a task about to end, reads its file and imports its
-        function in its own process while the slots are busy) or 'spawn'
-        (a fresh interpreter per task).
+        that waits for a task about to end, reads its file, imports its
+        function and reads the results it takes that are done, in its own
+        process while the slots are busy) or 'spawn' (a fresh interpreter
+        per task).
     preload: modules the forkserver template imports once, for all tasks.
     executor: run elsewhere: a `Slurm` object, or a concurrent.futures
         Executor such as `distributed.Client(...).get_executor()`.
@@ -4395,7 +4417,7 @@ class Run:
                 attempts = {}
                 settled = time.monotonic()
 
-                def fill():
+                def fill(stage=True):
                     for name in joined:
                         if current is not None:
                             current.add(name)
@@ -4412,7 +4434,7 @@ class Run:
                         backend.start(name)
                         running.add(name)
                         report.started(name)
-                    if backend.stages:
+                    if stage and backend.stages:
                         # The task that starts next, or else one that waits
                         # for a task about to end: in a chain, always the next.
                         upcoming = pending[0] if pending else dependencies.soonest(finished,
@@ -4457,7 +4479,10 @@ class Run:
                             report.retried(name)
                         else:
                             finished.append(name)
-                    fill()  # first: reading and yielding a result must not keep a slot idle
+                    # First: reading and yielding a result must not keep a slot
+                    # idle. Staging waits until the result is filed, so that
+                    # the task just started has the processors to itself.
+                    fill(stage=False)
                     if time.monotonic() - settled >= _SETTLE_INTERVAL and \
                             not (settling and settling.is_alive()):
                         # A sync takes a while: tasks go on starting meanwhile.

@@ -75,6 +75,23 @@ def count_files_later(directory, pattern, count, seconds):
     return len(glob.glob(os.path.join(directory, pattern)))
 
 
+class LoadedMark:
+    """A value that, each time it is unpickled in a process other than
+    `driver`, leaves a file loaded-PID in directory."""
+
+    def __init__(self, directory, driver):
+        self.directory, self.driver = directory, driver
+
+    def __reduce__(self):
+        return _unpickle_mark, (self.directory, self.driver)
+
+
+def _unpickle_mark(directory, driver):
+    if os.getpid() != driver:
+        open(os.path.join(directory, f'loaded-{os.getpid()}'), 'w').close()
+    return LoadedMark(directory, driver)
+
+
 def imported_in():
     """(the pid that imported this module, this task's pid)."""
     return IMPORTED_IN, os.getpid()

@@ -341,6 +341,25 @@ def test_the_next_task_imports_its_function_while_the_last_slot_is_busy(
     assert called > first.returnvalue  # and none of it ran before its turn
 
 
+def test_the_next_task_reads_the_results_it_takes_while_the_last_slot_is_busy(
+        tasklist, tmp_path):
+    # Unpickling the first task's result leaves loaded-PID. In a second run,
+    # the task that runs first ends once a process other than the driver has
+    # loaded it: that of the task that takes it, staged meanwhile.
+    marked = defer(tasks.LoadedMark, str(tmp_path), os.getpid())
+    tasklist.schedule(marked)
+    [done] = tasklist.run(nprocesses=1)
+    assert done.errorvalue is None, done.traceback
+    tasklist.schedule(defer(tasks.wait_for_files, str(tmp_path), 'loaded-*', 1))
+    taker = tasklist.schedule(defer(tasks.where, marked))
+    first, second = tasklist.run(nprocesses=1)
+    assert first.returnvalue is not None, 'the result was not read ahead'
+    assert second.taskname == taker and second.errorvalue is None, second.traceback
+    value, pid, _ = second.returnvalue
+    assert isinstance(value, tasks.LoadedMark)
+    assert [path.name for path in tmp_path.glob('loaded-*')] == [f'loaded-{pid}']
+
+
 def test_a_task_that_waits_for_the_running_one_imports_ahead_or_is_let_go(
         tasklist, tmp_path, monkeypatch):
     # Each task that takes the result of the one running imports its module
