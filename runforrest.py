@@ -4212,6 +4212,11 @@ class _Dependencies:
         # others; most tasks have one dependent, and need no list of them.
         self.dependents, self.more = {}, {}
         self.unrun = unrun
+        self.started = set()  # tasks that have started, until filed
+        self.underway = {}  # waiting task: how many of its missing dependencies have started
+        # Waiting tasks whose missing dependencies have all started, in the
+        # order they became so (a dict, as an ordered set): see `soonest`.
+        self.soon = {}
 
     def __len__(self):
         """How many tasks wait."""
@@ -4228,52 +4233,78 @@ class _Dependencies:
             if other not in self.unfinished and not os.path.exists(self.tasklist._path('done', other)):
                 self._fail(name, other)
                 return False
-        waiting = 0
+        waiting = underway = 0
         for other in _each_name(after):
             unfinished = self.unfinished.get(other)
             if unfinished is not None:
                 waiting += 1
+                underway += unfinished in self.started
                 if self.dependents.setdefault(unfinished, name) != name:
                     self.more.setdefault(unfinished, []).append(name)
         if not waiting:
             return True
         self.missing[name] = waiting
+        if underway:
+            self.underway[name] = underway
+            if underway == waiting:
+                self.soon[name] = None
         return False
+
+    def _dependents_of(self, name):
+        first = self.dependents.get(name)
+        return () if first is None else (first, *self.more.get(name, ()))
+
+    def start(self, name):
+        """The task name starts (again, if it is retried)."""
+        if name in self.started:
+            return
+        self.started.add(name)
+        for dependent in self._dependents_of(name):
+            if dependent in self.missing:
+                underway = self.underway[dependent] = self.underway.get(dependent, 0) + 1
+                if underway == self.missing[dependent]:
+                    self.soon[dependent] = None
 
     def filed(self, name, done):
         """The task name was filed in done/ (or fail/): return the tasks that
         may start now."""
         self.unfinished.pop(name, None)
+        started = name in self.started
+        self.started.discard(name)
         ready = []
-        first = self.dependents.pop(name, None)
-        for dependent in () if first is None else (first, *self.more.pop(name, ())):
+        for dependent in self._dependents_of(name):
             if dependent not in self.missing:
                 continue  # failed already, for another dependency
             if not done:
-                del self.missing[dependent]
+                self._stop_waiting(dependent)
                 self._fail(dependent, name)
                 continue
             self.missing[dependent] -= 1
+            if started:
+                self.underway[dependent] -= 1
             if not self.missing[dependent]:
-                del self.missing[dependent]
+                self._stop_waiting(dependent)
                 ready.append(dependent)
+        self.dependents.pop(name, None)
+        self.more.pop(name, None)
         return ready
 
-    def soonest(self, *groups):
-        """A task that waits for nothing but one task in groups (of names,
-        those nearest to their end first), if any."""
-        for group in groups:
-            for name in group:
-                dependent = self.dependents.get(name)
-                if self.missing.get(dependent) == 1:
-                    return dependent
-        return None
+    def _stop_waiting(self, name):
+        del self.missing[name]
+        self.underway.pop(name, None)
+        self.soon.pop(name, None)
+
+    def soonest(self):
+        """A waiting task whose missing dependencies have all started, the
+        first that became so, if any: it is likely to start next once no
+        task is ready (in a chain, always the next link)."""
+        return next(iter(self.soon), None)
 
     def stuck(self):
         """Fail the tasks that wait for something that this run will never
         file (a cycle, made by hand), so that the run ends."""
         for name in list(self.missing):
-            del self.missing[name]
+            self._stop_waiting(name)
             self._fail(name, None)
         self.dependents.clear()
         self.more.clear()
@@ -4326,10 +4357,10 @@ class Run:
     progress: show done, failed and running counts, rate and ETA.
     start_method: 'forkserver' (fork each task from a template process that
         started once, the default; the task that starts next, or else one
-        that waits for a task about to end, reads its file, imports its
-        function and reads the results it takes that are done, in its own
-        process while the slots are busy) or 'spawn' (a fresh interpreter
-        per task).
+        that waits only for tasks that have started, reads its file, imports
+        its function and reads the results it takes that are done, in its
+        own process while the slots are busy) or 'spawn' (a fresh
+        interpreter per task).
     preload: modules the forkserver template imports once, for all tasks.
     executor: run elsewhere: a `Slurm` object, or a concurrent.futures
         Executor such as `distributed.Client(...).get_executor()`.
@@ -4433,12 +4464,12 @@ class Run:
                         tasklist._use_spare(spares, name)
                         backend.start(name)
                         running.add(name)
+                        dependencies.start(name)
                         report.started(name)
                     if stage and backend.stages:
                         # The task that starts next, or else one that waits
-                        # for a task about to end: in a chain, always the next.
-                        upcoming = pending[0] if pending else dependencies.soonest(finished,
-                                                                                  running)
+                        # only for tasks that have started.
+                        upcoming = pending[0] if pending else dependencies.soonest()
                         if upcoming is not None:
                             backend.next(upcoming)
                     report.waiting(len(dependencies))

@@ -393,6 +393,28 @@ def test_a_task_that_waits_for_the_running_one_imports_ahead_or_is_let_go(
     assert results[last].returnvalue == 'second'
 
 
+def test_a_task_that_waits_only_for_running_tasks_imports_ahead(tasklist, tmp_path, monkeypatch):
+    # Both tasks it takes end only once its module was imported in a
+    # process other than the driver's: its own, staged while they both run.
+    (tmp_path / 'summary_ahead.py').write_text(textwrap.dedent(f'''
+        import os
+        if os.getpid() != {os.getpid()}:  # not in the driver
+            open(os.path.join({str(tmp_path)!r}, 'summary_ahead-imported'), 'w').close()
+
+        def called(*values):
+            return values
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    summary_ahead = __import__('summary_ahead')
+    items = [defer(tasks.wait_for_files, str(tmp_path), 'summary_ahead-imported', 1)
+             for _ in range(2)]
+    for item in items:
+        tasklist.schedule(item)
+    summary = tasklist.schedule(defer(summary_ahead.called, *items))
+    results = run_all(tasklist, nprocesses=2)
+    assert None not in results[summary].returnvalue, 'it was not staged while they ran'
+
+
 def broken_at_import(directory, fault, monkeypatch):
     """A module whose import in a process other than this one leaves a file
     imported-PID in directory, then raises or segfaults."""
