@@ -2341,10 +2341,15 @@ class _Ledger:
             return default
 
     def save(self):
+        """Write what the ledger learned, each file replaced at once, never
+        seen half-written. None is flushed to disk by itself:
+        `_finish_scheduling` syncs the file system next, and a ledger file
+        that a crash loses or empties costs work (hashing and keying again),
+        never a result."""
         current = {'scheduled': self.scheduled, 'reused': sorted(self.reused)}
         for what, value in (('files', self.files), ('current', current)):
-            _write_atomically(self._path(what),
-                              lambda file: file.write(pickle.dumps(value, pickle.HIGHEST_PROTOCOL)))
+            _write_atomically(self._path(what), lambda file: file.write(
+                pickle.dumps(value, pickle.HIGHEST_PROTOCOL)), durable=False)
         unsettled = []
         for name, entry in self.written:
             if _settled(entry):
@@ -2355,7 +2360,6 @@ class _Ledger:
         self.written = unsettled
         if self.changed:
             keys = {'format': _KEYS_FORMAT, 'states': self.entries}
-            # Not durable by itself: _finish_scheduling syncs the file system next.
             _write_atomically(self._path(_KEYS), lambda file: pickle.dump(
                 keys, file, pickle.HIGHEST_PROTOCOL), durable=False)
             self.changed = False
@@ -4504,7 +4508,7 @@ class Run:
                         continue
                     for name in backend.wait():
                         running.discard(name)
-                        report.ended(name)
+                        report.ended()
                         if self._retry(name, attempts):
                             pending.append(name)
                             report.retried(name)
@@ -4676,7 +4680,7 @@ class _Report:
         self._line(f'start {name}')
         self._show()
 
-    def ended(self, name):
+    def ended(self):
         """A task's process ended; its result is yet to be filed (`finished`)."""
         self.running -= 1
 
