@@ -342,14 +342,13 @@ def _stored_result(name):
 def _read_results_ahead(task):
     """Read the stored results that task takes and that are done already, so
     that they need not be read once it may run (see `_ForkServer.stage`).
-    One that cannot be read is left to be read, and fail, in its turn."""
+    One that cannot be read yet is left to be read, or to fail, in its turn."""
     for node in _postorder(task):
         if type(node) is _Result:
             name = node._args[0]
             try:
-                _read_ahead[name] = read_task(
-                    os.path.join(_dependency_list, 'done', name + '.pkl')).returnvalue
-            except TaskFileError:
+                _read_ahead[name] = _stored_result(name)
+            except DependencyFailed:
                 pass
 
 
